@@ -1,0 +1,281 @@
+"""The `drsync` command line: one small function per command over the library API.
+
+This is the only module that parses arguments, prints, draws progress bars and turns errors into
+exit codes (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+
+from . import __version__
+from .errors import EXIT_CODES, DrsyncError, UsageError, escape
+from .events import Events
+
+EXIT_INTERRUPTED = 20
+
+EXIT_TABLE = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items()) + \
+    f"\n  {EXIT_INTERRUPTED} interrupted (SIGINT/SIGTERM); the next run resumes"
+
+NODE_HELP = "a node is PATH (local) or [user@]host[:port]:PATH (ssh); it may be a node root or one dataset"
+
+
+class CliEvents(Events):
+    """Warnings to stderr, info at -v, a tqdm byte bar with --progress."""
+
+    def __init__(self, verbose: int, quiet: bool, progress: bool):
+        self.verbose = verbose
+        self.quiet = quiet
+        self.progress = progress
+        self.bar = None
+        self.warned: set[str] = set()
+
+    def warning(self, message: str) -> None:
+        if message not in self.warned and not self.quiet:
+            self.warned.add(message)
+            print(f"drsync: warning: {escape(message)}", file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        if self.verbose:
+            print(f"drsync: {escape(message)}", file=sys.stderr)
+
+    def start(self, dataset: str, files: int, nbytes: int) -> None:
+        if self.progress and nbytes:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc=escape(dataset)[-40:], file=sys.stderr, leave=False)
+
+    def advance(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def file_done(self, dataset: str, relpath: str) -> None:
+        if self.verbose > 1:
+            print(f"drsync: {escape(dataset)}: {escape(relpath)}", file=sys.stderr)
+
+    def finish(self, dataset: str) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def parse_rate(text: str) -> int:
+    """``--bwlimit`` as rsync reads it: a number of KiB/s, or with a K/M/G suffix."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)(?:i?B?)?(?:/s)?", text.strip(), re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 500K, 20M or 1G)")
+    scale = {"": 1024, "K": 1024, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+def _common(p: argparse.ArgumentParser, *, transfer: bool) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (repeat for more)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print one JSON object (drsync-report/1) on stdout")
+    p.add_argument("--dataset", action="append", default=[], metavar="GLOB",
+                   help="only datasets whose DRS path matches GLOB (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip datasets whose DRS path matches GLOB (repeatable)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep drsync's state (manifest, partial files, staging) in DIR instead of "
+                        "DATASET/.drsync; must be on the destination's filesystem")
+    if not transfer:
+        return
+    p.add_argument("--up-to", metavar="V", help="replicate versions up to V only (e.g. 20100101)")
+    p.add_argument("--delete", action="store_true",
+                   help="remove versions only the destination has, and the files only they use")
+    p.add_argument("--checksum", action="store_true", help="re-read every byte when checking (slow)")
+    p.add_argument("--link", action="store_true", help="hard-link files instead of copying (same filesystem)")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false",
+                   help="do not flush to disk (scratch copies only: not safe against power loss)")
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="exit 7 instead of waiting when another run holds the destination's lock")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="files in flight at once (ssh)")
+    p.add_argument("--bwlimit", type=parse_rate, metavar="RATE", help="limit bandwidth, e.g. 20M (ssh)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: on when stderr is a terminal)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drsync",
+        description="Replicate versioned datasets in the drslib layout between nodes, moving only "
+                    "the files/ directories the destination lacks and publishing each version whole.",
+        epilog=f"{NODE_HELP}.\n\n{EXIT_TABLE}\n\nExample: drsync demo; drsync diff /data/a /data/b; "
+               "drsync push /data/a /data/b",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"drsync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("diff", help="show what a push would do (writes nothing; exit 1 if there is work)",
+                       description="Compare SRC and DST manifests and print the plan. Writes nothing anywhere.",
+                       epilog=EXIT_TABLE, formatter_class=fmt)
+    p.add_argument("source", metavar="SRC", help=NODE_HELP)
+    p.add_argument("destination", metavar="DST")
+    _common(p, transfer=True)
+
+    for name, verb in (("push", "send SRC's missing versions to DST"), ("pull", "fetch SRC's missing versions into local DST")):
+        p = sub.add_parser(name, help=verb, description=f"{verb[0].upper()}{verb[1:]}: copy the missing files/ "
+                           "directories, then publish each version whole and move `latest`.",
+                           epilog=EXIT_TABLE, formatter_class=fmt)
+        p.add_argument("source", metavar="SRC", help=NODE_HELP)
+        p.add_argument("destination", metavar="DST")
+        p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and write nothing")
+        _common(p, transfer=True)
+
+    p = sub.add_parser("verify", help="check a node's datasets (exit 1 on any finding)",
+                       description="Report broken, escaping or non-canonical links, orphaned files, a wrong "
+                                   "`latest`, crash leftovers and manifest mismatches.",
+                       epilog=EXIT_TABLE, formatter_class=fmt)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--checksum", action="store_true", help="re-read every byte and compare with the manifest")
+    _common(p, transfer=False)
+
+    p = sub.add_parser("scan", help="refresh and print the manifest of each dataset",
+                       description="Refresh the manifest (only versions not seen before are read) and print a "
+                                   "summary; --json prints the whole manifest.", epilog=EXIT_TABLE,
+                       formatter_class=fmt)
+    p.add_argument("path", metavar="PATH")
+    _common(p, transfer=False)
+
+    p = sub.add_parser("demo", help="build the shipped example and replicate it, printing each step",
+                       description="Build node A (the thetao example at two versions), diff and push to node "
+                                   "B, add a third version, diff and push again, then verify.")
+    p.add_argument("directory", nargs="?", metavar="DIR", help="where to build the nodes (default: a new temp dir)")
+    return parser
+
+
+def _options(args):
+    from .plan import Options
+    from .sync import check_version_option
+
+    return Options(
+        up_to=check_version_option(getattr(args, "up_to", None)),
+        delete=getattr(args, "delete", False),
+        checksum=getattr(args, "checksum", False),
+        link=getattr(args, "link", False),
+        fsync=getattr(args, "fsync", True),
+        wait=getattr(args, "wait", True),
+        dry_run=getattr(args, "dry_run", False),
+        datasets=tuple(args.dataset),
+        exclude=tuple(args.exclude),
+        state_dir=args.state_dir,
+        jobs=getattr(args, "jobs", 1),
+        bwlimit=getattr(args, "bwlimit", None),
+    )
+
+
+def _events(args) -> CliEvents:
+    progress = getattr(args, "progress", None)
+    if progress is None:
+        progress = sys.stderr.isatty() and not args.quiet and not args.json
+    return CliEvents(args.verbose, args.quiet, progress)
+
+
+def _print_result(args, result) -> int:
+    from .report import render_json, render_text
+
+    if args.json:
+        print(render_json(result))
+    elif not args.quiet:
+        print(render_text(result, verbose=args.verbose > 0))
+        if result.dry_run and result.command != "diff":
+            print("dry run: nothing was written")
+    for e in result.errors:
+        print(f"drsync: error: {e.line()}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_transfer(args) -> int:
+    from . import sync
+
+    fn = {"diff": sync.diff, "push": sync.push, "pull": sync.pull}[args.command]
+    return _print_result(args, fn(args.source, args.destination, _options(args), _events(args)))
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    result = verify(args.path, checksum=args.checksum, state_dir=args.state_dir)
+    if args.json:
+        print(json.dumps({"format": "drsync-verify/1", "path": result.path, "datasets": result.datasets,
+                          "checked_files": result.checked_files,
+                          "findings": [{"dataset": f.dataset, "path": f.path, "problem": f.problem}
+                                       for f in result.findings]}, indent=2, ensure_ascii=True))
+    else:
+        for f in result.findings:
+            print(f"{escape(f.dataset)}: {escape(f.path)}: {escape(f.problem)}")
+        if not args.quiet:
+            print(f"verify: {len(result.datasets)} dataset(s), {result.checked_files} link(s) checked, "
+                  f"{len(result.findings)} problem(s)")
+    return result.exit_code
+
+
+def cmd_scan(args) -> int:
+    from . import manifest as mf
+    from .sync import scan
+
+    mans = scan(args.path, _options(args), _events(args))
+    if args.json:
+        doc = {"format": "drsync-scan/1", "path": args.path, "datasets": [
+            {"path": m.path, "index": mf.index_to_json(m.index),
+             "versions": {v: mf.entries_to_json(v, m.entries(v))["entries"] for v in m.index.sorted_versions()}}
+            for m in mans]}
+        print(json.dumps(doc, indent=2, ensure_ascii=True))
+    elif not args.quiet:
+        from .report import human_bytes
+
+        for m in mans:
+            vs = m.index.sorted_versions()
+            entries = sum(m.index.versions[v].entries for v in vs)
+            print(f"{escape(m.path)}: {len(vs)} version(s) {', '.join(vs)}; latest {m.index.latest}; "
+                  f"{entries} entries, {human_bytes(sum(m.index.versions[v].bytes for v in vs))} referenced")
+        print(f"scan: {len(mans)} dataset(s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    directory = args.directory or tempfile.mkdtemp(prefix="drsync-demo-")
+    os.makedirs(directory, exist_ok=True)
+    return run_demo(directory, print)
+
+
+COMMANDS = {"diff": cmd_transfer, "push": cmd_transfer, "pull": cmd_transfer, "verify": cmd_verify,
+            "scan": cmd_scan, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DrsyncError as e:
+        print(f"drsync: error: {e.line()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("drsync: error: interrupted; the next run resumes where this one stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except FileExistsError as e:
+        print(f"drsync: error: {escape(e)}", file=sys.stderr)
+        return UsageError.exit_code
+    except OSError as e:
+        print(f"drsync: error: {escape(e.strerror or e)} (path {escape(e.filename)})", file=sys.stderr)
+        return 6
+
+
+def run() -> None:
+    import signal
+
+    # SIGTERM stops like SIGINT: at the next Python instruction, with the lock released.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(main())

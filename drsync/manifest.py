@@ -1,0 +1,187 @@
+"""The drsync-manifest/1 model: frozen records, their JSON form, and strict validation on load.
+
+A dataset's manifest is split in two (DESIGN §2): a small *index* (versions, `latest`, one digest
+per version's entry list) and one *entry list* per version. A no-op compares two indexes and never
+loads entries. Everything loaded, from disk or from a remote agent, is validated here: names,
+digests and sizes from a peer are never trusted (FAULTS A12).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import xxhash
+
+from . import layout
+from .errors import UnsafeInputError
+
+FORMAT = "drsync-manifest/1"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One link of a version: ``v<ver>/<name>/<file> -> ../../files/<dir>/<file>``."""
+
+    name: str
+    file: str
+    dir: str  # the files/ directory it points into, "<name>_<v'>"
+    size: int
+    mtime_ns: int
+    digest: str  # xxh3-128, 32 lowercase hex digits
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.file}"
+
+    @property
+    def real(self) -> tuple[str, str]:
+        """The real file this entry references, as (files dir, file name)."""
+        return (self.dir, self.file)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What the index keeps of a version: the digest of its entry list, and counts."""
+
+    digest: str
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Loose:
+    """A real file under files/ that no recorded version references yet (an interrupted run)."""
+
+    size: int
+    mtime_ns: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class Index:
+    """The small part of a dataset's manifest: enough to decide a no-op."""
+
+    latest: str | None = None
+    versions: dict[str, VersionInfo] = field(default_factory=dict)
+    loose: dict[tuple[str, str], Loose] = field(default_factory=dict)
+
+    def sorted_versions(self) -> list[str]:
+        return layout.sort_versions(self.versions)
+
+
+def version_digest(entries: list[Entry]) -> str:
+    """Digest of a version's content: names, targets, sizes and file digests (not mtimes, which
+    another copy tool may not have kept)."""
+    h = xxhash.xxh3_128()
+    for e in sorted(entries, key=lambda e: (e.name, e.file)):
+        h.update(f"{e.name}\0{e.file}\0{e.dir}\0{e.size}\0{e.digest}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def version_info(entries: list[Entry]) -> VersionInfo:
+    return VersionInfo(version_digest(entries), len(entries), sum(e.size for e in entries))
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _int(value, what: str, dataset: str | None) -> int:
+    if type(value) is not int or value < 0:
+        raise UnsafeInputError(f"malformed manifest: {what} is not a non-negative integer", dataset=dataset)
+    return value
+
+
+def _digest(value, dataset: str | None, where: str) -> str:
+    if not isinstance(value, str) or not _HEX32.fullmatch(value):
+        raise UnsafeInputError("malformed manifest: digest is not 16 bytes of hex", dataset=dataset, path=where)
+    return value
+
+
+def make_entry(row, version: str, dataset: str | None) -> Entry:
+    """Validate one ``[name, file, dir, size, mtime_ns, digest]`` row of version ``version``."""
+    if not isinstance(row, list) or len(row) != 6:
+        raise UnsafeInputError("malformed manifest entry", dataset=dataset, path=f"v{version}")
+    name, file, dirname, size, mtime, digest = row
+    layout.check_name(name, "variable name", dataset=dataset)
+    layout.check_name(file, "file name", dataset=dataset)
+    dname, dversion = layout.split_files_dir(dirname, dataset=dataset)
+    where = f"v{version}/{name}/{file}"
+    if dname != name or layout.version_key(dversion) > layout.version_key(version):
+        raise UnsafeInputError(f"link target not canonical: files/{dirname}/{file}", dataset=dataset, path=where)
+    return Entry(name, file, dirname, _int(size, "size", dataset), _int(mtime, "mtime", dataset),
+                 _digest(digest, dataset, where))
+
+
+def entries_from_json(doc, version: str, dataset: str | None) -> list[Entry]:
+    """Parse and validate a version's entry list; duplicates are refused (FAULTS A7)."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != version:
+        raise UnsafeInputError("malformed manifest: bad entry list header", dataset=dataset, path=f"v{version}")
+    entries = [make_entry(row, version, dataset) for row in doc.get("entries", ())]
+    seen: set[str] = set()
+    for e in entries:
+        if e.key in seen:
+            raise UnsafeInputError("duplicate entry in manifest", dataset=dataset, path=f"v{version}/{e.key}")
+        seen.add(e.key)
+    return entries
+
+
+def entries_to_json(version: str, entries: list[Entry]) -> dict:
+    return {
+        "format": FORMAT,
+        "version": version,
+        "entries": [[e.name, e.file, e.dir, e.size, e.mtime_ns, e.digest] for e in entries],
+    }
+
+
+def index_from_json(doc, dataset: str | None) -> Index:
+    """Parse and validate an index document."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UnsafeInputError("malformed manifest: not drsync-manifest/1", dataset=dataset)
+    versions: dict[str, VersionInfo] = {}
+    raw_versions = doc.get("versions")
+    if not isinstance(raw_versions, dict):
+        raise UnsafeInputError("malformed manifest: versions", dataset=dataset)
+    for v, info in raw_versions.items():
+        layout.check_version(v, dataset=dataset)
+        if not isinstance(info, dict):
+            raise UnsafeInputError("malformed manifest: version record", dataset=dataset, path=f"v{v}")
+        versions[v] = VersionInfo(_digest(info.get("digest"), dataset, f"v{v}"),
+                                  _int(info.get("entries"), "entries", dataset),
+                                  _int(info.get("bytes"), "bytes", dataset))
+    latest = doc.get("latest")
+    if latest is not None:
+        layout.check_version(latest, dataset=dataset)
+    loose: dict[tuple[str, str], Loose] = {}
+    for key, (size, mtime, digest) in (doc.get("loose") or {}).items():
+        dirname, _, file = key.partition("/")
+        layout.split_files_dir(dirname, dataset=dataset)
+        layout.check_name(file, "file name", dataset=dataset)
+        loose[(dirname, file)] = Loose(_int(size, "size", dataset), _int(mtime, "mtime", dataset),
+                                       _digest(digest, dataset, f"files/{key}"))
+    return Index(latest, versions, loose)
+
+
+def index_to_json(index: Index) -> dict:
+    doc: dict = {
+        "format": FORMAT,
+        "latest": index.latest,
+        "versions": {
+            v: {"digest": i.digest, "entries": i.entries, "bytes": i.bytes}
+            for v, i in sorted(index.versions.items(), key=lambda kv: layout.version_key(kv[0]))
+        },
+    }
+    if index.loose:
+        doc["loose"] = {f"{d}/{f}": [x.size, x.mtime_ns, x.digest] for (d, f), x in sorted(index.loose.items())}
+    return doc
+
+
+def dumps(doc: dict) -> bytes:
+    # surrogateescape keeps non-UTF-8 names round-trippable; they are refused on load anyway.
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def loads(data: bytes):
+    return json.loads(data)

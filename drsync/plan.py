@@ -1,0 +1,149 @@
+"""The plan (DESIGN §3): a pure function of a source and a destination manifest.
+
+Sorts every version into to-add / in-both (same or conflicting) / destination-only, then works out
+which real files the destination lacks. Executing the plan is `sync`'s business; printing it is
+`report`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import layout
+from .errors import DrsyncError, UnsafeInputError
+from .manifest import Entry
+from .scan import DatasetManifest
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user asked for; travels as one value, not a row of booleans."""
+
+    up_to: str | None = None
+    delete: bool = False
+    checksum: bool = False
+    link: bool = False
+    fsync: bool = True
+    wait: bool = True
+    dry_run: bool = False
+    datasets: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    state_dir: str | None = None
+    jobs: int = 1
+    bwlimit: int | None = None  # bytes per second
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """What one dataset needs. ``error`` set means: nothing of this dataset will be written."""
+
+    path: str
+    versions_to_add: tuple[str, ...] = ()
+    files_to_send: tuple[Entry, ...] = ()
+    links_to_make: int = 0
+    naive_bytes: int = 0
+    conflicts: tuple[str, ...] = ()
+    extra_versions: tuple[str, ...] = ()
+    latest_source: str | None = None
+    latest_destination: str | None = None
+    new_latest: str | None = None  # what `latest` becomes; None: unchanged
+    delete_versions: tuple[str, ...] = ()
+    delete_files: tuple[tuple[str, str], ...] = ()
+    error: DrsyncError | None = None
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(e.size for e in self.files_to_send)
+
+    @property
+    def in_sync(self) -> bool:
+        return not (self.versions_to_add or self.new_latest or self.delete_versions or self.delete_files
+                    or self.conflicts or self.error)
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    destination: str
+    datasets: tuple[DatasetPlan, ...] = field(default_factory=tuple)
+
+    @property
+    def in_sync(self) -> bool:
+        return all(d.in_sync for d in self.datasets)
+
+
+def _newer(a: str | None, b: str | None) -> bool:
+    """True when version ``a`` is strictly newer than ``b`` (None is older than everything)."""
+    if a is None:
+        return False
+    return b is None or layout.version_key(a) > layout.version_key(b)
+
+
+def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Options = Options()) -> DatasetPlan:
+    """Compare one dataset's manifests. Loads entry lists only for versions that must move."""
+    sv = src.index.versions
+    dv = dst.index.versions if dst else {}
+    d_latest = dst.index.latest if dst else None
+    conflicts = tuple(layout.sort_versions(v for v in sv.keys() & dv.keys() if sv[v].digest != dv[v].digest))
+    extras = tuple(layout.sort_versions(dv.keys() - sv.keys()))
+    base = dict(path=src.path, latest_source=src.index.latest, latest_destination=d_latest,
+                extra_versions=extras)
+    if conflicts:
+        return DatasetPlan(conflicts=conflicts, **base)
+
+    up_to = options.up_to
+    wanted = [v for v in layout.sort_versions(sv) if up_to is None or layout.version_key(v) <= layout.version_key(up_to)]
+    to_add = tuple(v for v in wanted if v not in dv)
+
+    # What the destination already holds: files of its recorded versions that the new versions
+    # reference, and loose files an interrupted run left in files/.
+    held: dict[tuple[str, str], tuple[int, str]] = {}
+    if dst:
+        held.update({k: (x.size, x.digest) for k, x in dst.index.loose.items()})
+    new_entries: list[Entry] = []
+    referenced_versions: set[str] = set()
+    for v in to_add:
+        for e in src.entries(v):
+            new_entries.append(e)
+            referenced_versions.add(e.dir.rpartition("_")[2])
+    for v in referenced_versions & dv.keys():
+        held.update({e.real: (e.size, e.digest) for e in dst.entries(v)})
+    send: dict[tuple[str, str], Entry] = {}
+    for e in new_entries:
+        if held.get(e.real) != (e.size, e.digest) and e.real not in send:
+            send[e.real] = e
+
+    # `latest` moves to the source's (or, with --up-to, the newest replicated version), never back.
+    target = src.index.latest
+    if target is not None and up_to is not None and layout.version_key(target) > layout.version_key(up_to):
+        target = wanted[-1] if wanted else None
+    delete_versions: tuple[str, ...] = ()
+    delete_files: tuple[tuple[str, str], ...] = ()
+    if options.delete and extras:
+        delete_versions = extras
+        remaining = (dv.keys() - set(extras)) | set(to_add)
+        keep: set[tuple[str, str]] = {e.real for e in new_entries}
+        for v in remaining & dv.keys():
+            keep.update(e.real for e in dst.entries(v))
+        doomed = {e.real for v in extras for e in dst.entries(v)} - keep
+        delete_files = tuple(sorted(doomed))
+    latest_doomed = d_latest in delete_versions
+    new_latest = target if target is not None and (_newer(target, d_latest) or latest_doomed) else None
+    if latest_doomed and new_latest is None:
+        remaining_versions = layout.sort_versions((dv.keys() - set(extras)) | set(to_add))
+        new_latest = remaining_versions[-1] if remaining_versions else None
+    error = None
+    if dst is not None and dst.latest_is_dir and (new_latest or to_add):
+        error = UnsafeInputError("destination `latest` is a directory (old layout); drsync will not replace it",
+                                 dataset=src.path, path=layout.LATEST)
+    return DatasetPlan(
+        versions_to_add=to_add,
+        files_to_send=tuple(send.values()),
+        links_to_make=len(new_entries),
+        naive_bytes=sum(e.size for e in new_entries),
+        new_latest=new_latest,
+        delete_versions=delete_versions,
+        delete_files=delete_files,
+        error=error,
+        **base,
+    )

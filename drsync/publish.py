@@ -1,0 +1,300 @@
+"""The receiver side of DESIGN §4, as named steps, plus recovery from a crashed run.
+
+Order, per dataset (each step is a ``fault_point`` the crash tests kill at):
+1. ``receive_files``: each file into ``<state>/partial/`` (resumed if a partial is there), digest
+   checked; one flush for the batch; renames into ``files/<dir>/``; the directories fsynced.
+2. ``publish_version``: ``v<ver>`` built under ``<state>/staging/``, renamed into place with
+   RENAME_NOREPLACE: it appears whole or not at all, and never replaces anything.
+3. ``point_latest``: a new symlink beside ``latest``, renamed over it.
+4. ``write_manifest``; then leftovers removed.
+A kill anywhere leaves every visible ``v*`` whole and ``latest`` on a whole version.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import xxhash
+
+from . import layout
+from . import manifest as mf
+from .errors import ConflictError, DestinationIOError, DrsyncError, IntegrityError, UnsafeInputError
+from .events import Events
+from .fsutil import Dir, fault_point
+from .scan import hash_fd
+from .state import StateDir
+
+LATEST_TMP = ".latest.drsync-tmp"
+BATCH_FILES = 512
+BATCH_BYTES = 256 << 20
+
+# fetch(entry, fd, offset) writes bytes [offset, entry.size) of the entry's real file into fd at
+# the same offsets and returns the source's permission bits. A source that changed raises
+# SourceChanged; the receiver then retries once from scratch.
+Fetch = Callable[[mf.Entry, int, int], int]
+
+
+class SourceChanged(Exception):
+    """The source file no longer matches its manifest entry (size, or it vanished)."""
+
+
+@dataclass
+class Received:
+    files: int = 0
+    bytes: int = 0
+
+
+def _dest_error(e: OSError, drs: str, path: str) -> DrsyncError:
+    if e.errno == errno.ELOOP:
+        return UnsafeInputError("unsafe destination: a symlink where a directory was expected", dataset=drs, path=path)
+    return DestinationIOError(e.strerror or str(e), dataset=drs, path=path)
+
+
+class Receiver:
+    """Publishes into one destination dataset, holding its directory fd and its state."""
+
+    def __init__(self, ds: Dir, state: StateDir, drs: str, *, events: Events | None = None, durable: bool = True):
+        self.ds = ds
+        self.state = state
+        self.drs = drs
+        self.events = events or Events()
+        self.durable = durable
+        if os.fstat(state.dir.fd).st_dev != os.fstat(ds.fd).st_dev:
+            raise DestinationIOError("--state-dir must be on the same filesystem as the destination "
+                                     "(renames into place must be atomic)", dataset=drs, path=state.dir.path)
+
+    # --- recovery -------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Remove what a crashed run left that is not worth keeping: staging and tmp links.
+        Partials stay: they are resumed, and only trusted after their digest checks out."""
+        fault_point("cleanup")
+        staging = self.state.sub("staging")
+        for name in staging.listdir():
+            staging.remove_tree(name)
+        st = self.ds.try_lstat(LATEST_TMP)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            self.ds.unlink(LATEST_TMP)
+
+    # --- step 1: files ---------------------------------------------------------------------------
+    def receive_files(self, files: list[mf.Entry], fetch: Fetch, *, link: Callable | None = None) -> Received:
+        """Bring every file of ``files`` into ``files/<dir>/``, verified, in flushed batches."""
+        got = Received()
+        batch: list[mf.Entry] = []
+        size = 0
+        for e in files:
+            batch.append(e)
+            size += e.size
+            if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+                self._receive_batch(batch, fetch, link, got)
+                batch, size = [], 0
+        if batch:
+            self._receive_batch(batch, fetch, link, got)
+        return got
+
+    @staticmethod
+    def partial_name(e: mf.Entry) -> str:
+        """Deterministic per real file, so a crashed transfer is found and resumed."""
+        return f"{xxhash.xxh3_64_hexdigest(f'{e.dir}/{e.file}'.encode('utf-8', 'surrogateescape'))}-{e.digest}.part"
+
+    def _receive_batch(self, batch: list[mf.Entry], fetch: Fetch, link, got: Received) -> None:
+        partial = self.state.sub("partial")
+        ready: list[mf.Entry] = []
+        for e in batch:
+            for attempt in (1, 2):
+                try:
+                    sent = self._fill_partial(partial, e, fetch, link, fresh=attempt == 2)
+                except SourceChanged as why:
+                    ok, sent = False, 0
+                    reason = str(why)
+                else:
+                    ok = self._partial_digest(partial, e) == e.digest
+                    reason = "digest mismatch: the source changed during transfer, or the link corrupts data"
+                got.bytes += sent
+                if ok:
+                    break
+                partial.unlink(self.partial_name(e))
+            else:
+                raise IntegrityError(f"{reason} (after one retry)", dataset=self.drs,
+                                     path=f"{layout.FILES}/{e.dir}/{e.file}")
+            fault_point("after_digest")
+            ready.append(e)
+        fault_point("before_fsync")
+        if self.durable:
+            try:
+                partial.syncfs()
+            except OSError as err:
+                for e in ready:  # a failed flush is fatal: never trust these bytes (FAULTS E3)
+                    partial.unlink(self.partial_name(e))
+                raise DestinationIOError(f"flush failed: {err.strerror}", dataset=self.drs, path=partial.path) from err
+        fault_point("after_fsync")
+        self._rename_into_files(partial, ready, got)
+
+    def _fill_partial(self, partial: Dir, e: mf.Entry, fetch: Fetch, link, *, fresh: bool) -> int:
+        """Create or resume ``partial/<name>``; return the bytes moved."""
+        name = self.partial_name(e)
+        where = f"{layout.FILES}/{e.dir}/{e.file}"
+        st = partial.try_lstat(name)
+        if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size or link):
+            partial.unlink(name)  # a planted link is removed, never followed (FAULTS B4)
+            st = None
+        if link is not None:
+            try:
+                link(e, partial, name)
+                return 0
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise _dest_error(err, self.drs, where) from err
+                self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
+        try:
+            fd = partial.open_append(name) if st is not None else partial.create_file(name)
+        except OSError as err:
+            raise _dest_error(err, self.drs, where) from err
+        try:
+            offset = st.st_size if st is not None else 0
+            try:
+                mode = fetch(e, fd, offset)
+                os.fchmod(fd, mode & 0o777)
+                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            except OSError as err:
+                raise _dest_error(err, self.drs, where) from err
+            if os.fstat(fd).st_size != e.size:
+                raise SourceChanged("source file size changed during transfer")
+            self.events.advance(e.size - offset)
+            return e.size - offset
+        finally:
+            os.close(fd)
+
+    def _partial_digest(self, partial: Dir, e: mf.Entry) -> str:
+        fd = partial.open_read(self.partial_name(e))
+        try:
+            return hash_fd(fd)
+        finally:
+            os.close(fd)
+
+    def _rename_into_files(self, partial: Dir, ready: list[mf.Entry], got: Received) -> None:
+        try:
+            files = self.ds.ensure_dir(layout.FILES)
+        except OSError as err:
+            raise _dest_error(err, self.drs, layout.FILES) from err
+        touched: dict[str, Dir] = {}
+        try:
+            for e in ready:
+                where = f"{layout.FILES}/{e.dir}/{e.file}"
+                try:
+                    d = touched.get(e.dir) or touched.setdefault(e.dir, files.ensure_dir(e.dir))
+                    name = self.partial_name(e)
+                    try:
+                        partial.rename(name, d, e.file)
+                    except FileExistsError:
+                        # Already there (an interrupted run): keep it if it is the same bytes.
+                        fd = d.open_read(e.file)
+                        try:
+                            same = hash_fd(fd) == e.digest
+                        finally:
+                            os.close(fd)
+                        if not same:
+                            raise ConflictError("a different file is already published here", dataset=self.drs,
+                                                path=where) from None
+                        partial.unlink(name)
+                except OSError as err:
+                    raise _dest_error(err, self.drs, where) from err
+                fault_point("after_rename")
+                got.files += 1
+                self.events.file_done(self.drs, where)
+            if self.durable:
+                for d in touched.values():
+                    d.fsync()
+                files.fsync()
+                self.ds.fsync()
+        finally:
+            for d in touched.values():
+                d.close()
+            files.close()
+
+    # --- step 2: versions ------------------------------------------------------------------------
+    def publish_version(self, version: str, entries: list[mf.Entry]) -> None:
+        """Build ``v<version>`` in staging, then rename it into place; never over anything."""
+        vname = f"v{version}"
+        staging = self.state.sub("staging")
+        try:
+            staging.remove_tree(vname)
+            with staging.ensure_dir(vname) as vdir:
+                by_name: dict[str, list[mf.Entry]] = {}
+                for e in entries:
+                    by_name.setdefault(e.name, []).append(e)
+                for name, group in sorted(by_name.items()):
+                    with vdir.ensure_dir(name) as nd:
+                        for e in group:
+                            _, linked_version = layout.split_files_dir(e.dir, dataset=self.drs)
+                            nd.symlink(layout.canonical_target(e.name, linked_version, e.file), e.file)
+                        fault_point("staging")
+                        if self.durable:
+                            nd.fsync()
+                if self.durable:
+                    vdir.fsync()
+            fault_point("staging_done")
+            staging.rename(vname, self.ds, vname)
+        except FileExistsError as err:
+            raise ConflictError("version already exists at the destination", dataset=self.drs, path=vname) from err
+        except OSError as err:
+            raise _dest_error(err, self.drs, vname) from err
+        if self.durable:
+            self.ds.fsync()
+        fault_point("after_version")
+
+    # --- step 3: latest --------------------------------------------------------------------------
+    def point_latest(self, version: str) -> None:
+        """Swap ``latest`` to ``v<version>`` atomically (new link beside it, renamed over it)."""
+        st = self.ds.try_lstat(layout.LATEST)
+        if st is not None and not stat.S_ISLNK(st.st_mode):
+            raise UnsafeInputError("destination `latest` is not a symlink; drsync will not replace it",
+                                   dataset=self.drs, path=layout.LATEST)
+        try:
+            if self.ds.try_lstat(LATEST_TMP) is not None:
+                self.ds.unlink(LATEST_TMP)
+            self.ds.symlink(f"v{version}", LATEST_TMP)
+            fault_point("latest_tmp")
+            self.ds.rename(LATEST_TMP, self.ds, layout.LATEST, replace=True)
+            if self.durable:
+                self.ds.fsync()
+        except OSError as err:
+            raise _dest_error(err, self.drs, layout.LATEST) from err
+        fault_point("after_latest")
+
+    # --- --delete ---------------------------------------------------------------------------------
+    def delete(self, versions: tuple[str, ...], files: tuple[tuple[str, str], ...]) -> None:
+        """Remove extra versions (each vanishes at once: renamed into staging first) and the real
+        files only they used. Links are removed, never followed."""
+        staging = self.state.sub("staging")
+        try:
+            for v in versions:
+                doomed = f"deleted-v{v}"
+                staging.remove_tree(doomed)
+                self.ds.rename(f"v{v}", staging, doomed)
+                staging.remove_tree(doomed)
+            if files:
+                with self.ds.open_dir(layout.FILES) as fdir:
+                    for dirname in sorted({d for d, _ in files}):
+                        with fdir.open_dir(dirname) as d:
+                            for dn, fn in files:
+                                if dn == dirname and d.try_lstat(fn) is not None:
+                                    d.unlink(fn)
+                            empty = not d.listdir()
+                        if empty:
+                            os.rmdir(dirname, dir_fd=fdir.fd)
+            if self.durable:
+                self.ds.fsync()
+        except OSError as err:
+            raise _dest_error(err, self.drs, self.ds.path) from err
+
+    # --- step 4: manifest ------------------------------------------------------------------------
+    def write_manifest(self, index: mf.Index, new_entries: dict[str, list[mf.Entry]]) -> None:
+        fault_point("manifest")
+        try:
+            self.state.save(index, new_entries, durable=self.durable)
+        except OSError as err:
+            raise _dest_error(err, self.drs, os.path.join(self.state.dir.path, "manifest")) from err

@@ -1,0 +1,302 @@
+"""Dataset discovery and the incremental manifest refresh, with xxh3-128 digests.
+
+Versions are immutable, so a version already recorded is trusted while its directory exists: a
+refresh lists the dataset root and scans only versions it has not seen (O(versions) when nothing
+changed). Each real file is hashed once; later versions reuse the digest recorded for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+import xxhash
+
+from . import layout
+from . import manifest as mf
+from .errors import SourceIOError, UnsafeInputError
+from .events import Events
+from .fsutil import Dir
+from .state import StateDir
+
+CHUNK = 1 << 20
+
+
+def hash_fd(fd: int, size: int | None = None) -> str:
+    """xxh3-128 of a whole open file, read from its start."""
+    h = xxhash.xxh3_128()
+    offset = 0
+    while True:
+        b = os.pread(fd, CHUNK, offset)
+        if not b:
+            break
+        h.update(b)
+        offset += len(b)
+    return h.hexdigest()
+
+
+def hash_file(d: Dir, name: str) -> str:
+    fd = d.open_read(name)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def is_dataset(d: Dir) -> bool:
+    """A dataset holds ``files/`` and at least one ``v<digits>/`` (DESIGN §1)."""
+    has_files = has_version = False
+    for e in d.scandir():
+        if e.name == layout.FILES and e.is_dir(follow_symlinks=False):
+            has_files = True
+        elif layout.is_version_dir(e.name) and e.is_dir(follow_symlinks=False):
+            has_version = True
+        if has_files and has_version:
+            return True
+    return False
+
+
+def find_datasets(root: Dir, prefix: str = "") -> list[str]:
+    """DRS paths of every dataset below ``root`` (``""`` if ``root`` is one), sorted. Symlinked
+    directories and dot-directories are not entered; the walk stops at each dataset."""
+    if is_dataset(root):
+        return [prefix]
+    found = []
+    for e in sorted(root.scandir(), key=lambda e: e.name):
+        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            layout.check_name(e.name)
+        except UnsafeInputError:
+            continue  # never descend into names drsync could not write back safely
+        with root.open_dir(e.name) as sub:
+            found.extend(find_datasets(sub, f"{prefix}/{e.name}" if prefix else e.name))
+    return found
+
+
+@dataclass
+class DatasetManifest:
+    """A dataset's refreshed manifest: the index, plus entry lists loaded on demand."""
+
+    path: str  # DRS path
+    index: mf.Index
+    latest_is_dir: bool = False  # an old tree whose `latest` is a directory of links: read-only
+    _entries: dict[str, list[mf.Entry]] = field(default_factory=dict)
+    _store: StateDir | None = None
+
+    def entries(self, version: str) -> list[mf.Entry]:
+        got = self._entries.get(version)
+        if got is None:
+            info = self.index.versions[version]
+            got = self._store.load_entries(version, info) if self._store else None
+            if got is None:
+                raise UnsafeInputError("manifest entry list missing or damaged; run `drsync scan`",
+                                       dataset=self.path, path=f"v{version}")
+            self._entries[version] = got
+        return got
+
+    def real_files(self, version: str) -> dict[tuple[str, str], mf.Entry]:
+        return {e.real: e for e in self.entries(version)}
+
+
+class _Scanner:
+    """Scans the versions a refresh has not seen yet, reusing digests of files already known."""
+
+    def __init__(self, ds: Dir, man: DatasetManifest, old: mf.Index | None):
+        self.ds = ds
+        self.man = man
+        self.old_loose = old.loose if old else {}
+        self._files: Dir | None = None
+        self._dirs: dict[str, Dir] = {}
+        self._known: dict[tuple[str, str], mf.Entry] = {}
+        self._loaded_versions: set[str] = set()
+
+    def files_dir(self, dirname: str) -> Dir:
+        d = self._dirs.get(dirname)
+        if d is None:
+            if self._files is None:
+                self._files = self.ds.open_dir(layout.FILES)
+            d = self._files.open_dir(dirname)
+            self._dirs[dirname] = d
+        return d
+
+    def known(self, dirname: str, file: str) -> mf.Entry | None:
+        """A digest already recorded for this real file (by the version owning its files dir)."""
+        version = dirname.rpartition("_")[2]
+        if version in self.man.index.versions and version not in self._loaded_versions:
+            self._loaded_versions.add(version)
+            try:
+                for e in self.man.entries(version):
+                    self._known.setdefault(e.real, e)
+            except UnsafeInputError:
+                pass
+        return self._known.get((dirname, file))
+
+    def scan_version(self, version: str) -> list[mf.Entry]:
+        drs = self.man.path
+        entries: list[mf.Entry] = []
+        try:
+            vdir = self.ds.open_dir(f"v{version}")
+        except OSError as e:
+            raise UnsafeInputError(f"cannot open version directory: {e.strerror}", dataset=drs, path=f"v{version}")
+        with vdir:
+            for ne in sorted(vdir.scandir(), key=lambda x: x.name):
+                name = ne.name
+                layout.check_name(name, "variable name", dataset=drs)
+                if not ne.is_dir(follow_symlinks=False):
+                    raise UnsafeInputError("non-canonical layout: version directory holds a non-directory",
+                                           dataset=drs, path=f"v{version}/{name}")
+                with vdir.open_dir(name) as nd:
+                    for fe in sorted(nd.scandir(), key=lambda x: x.name):
+                        entries.append(self.scan_entry(nd, version, name, fe.name, fe))
+        return entries
+
+    def scan_entry(self, nd: Dir, version: str, name: str, file: str, fe: os.DirEntry) -> mf.Entry:
+        drs = self.man.path
+        where = f"v{version}/{name}/{file}"
+        layout.check_name(file, "file name", dataset=drs)
+        if not fe.is_symlink():
+            raise UnsafeInputError("non-canonical layout: version entry is not a symlink", dataset=drs, path=where)
+        dirname = layout.parse_link(nd.readlink(file), name, file, version, dataset=drs)
+        try:
+            fdir = self.files_dir(dirname)
+            st = fdir.lstat(file)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise UnsafeInputError("broken link: target missing or not a real file", dataset=drs,
+                                       path=where) from e
+            raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=where) from e
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeInputError("link target is not a regular file", dataset=drs, path=where)
+        known = self.known(dirname, file)
+        if known is not None and known.size == st.st_size:
+            digest = known.digest
+        else:
+            loose = self.old_loose.get((dirname, file))
+            if loose is not None and (loose.size, loose.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                digest = loose.digest
+            else:
+                try:
+                    digest = hash_file(fdir, file)
+                except OSError as e:
+                    raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=f"files/{dirname}/{file}")
+        entry = mf.Entry(name, file, dirname, st.st_size, st.st_mtime_ns, digest)
+        self._known.setdefault(entry.real, entry)
+        return entry
+
+    def scan_loose(self, versions: set[str]) -> dict[tuple[str, str], mf.Loose]:
+        """Real files in files/ dirs of versions not (yet) recorded: an interrupted run's work."""
+        loose: dict[tuple[str, str], mf.Loose] = {}
+        try:
+            files = self.ds.open_dir(layout.FILES)
+        except FileNotFoundError:
+            return loose
+        with files:
+            for de in files.scandir():
+                name, _, version = de.name.rpartition("_")
+                if not name or version in versions or not de.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    layout.split_files_dir(de.name)
+                except UnsafeInputError:
+                    continue
+                with files.open_dir(de.name) as fdir:
+                    for fe in fdir.scandir():
+                        if not fe.is_file(follow_symlinks=False):
+                            continue
+                        st = fe.stat(follow_symlinks=False)
+                        old = self.old_loose.get((de.name, fe.name))
+                        if old is not None and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                            loose[(de.name, fe.name)] = old
+                        else:
+                            loose[(de.name, fe.name)] = mf.Loose(st.st_size, st.st_mtime_ns, hash_file(fdir, fe.name))
+        return loose
+
+    def close(self) -> None:
+        for d in self._dirs.values():
+            d.close()
+        if self._files is not None:
+            self._files.close()
+
+
+def read_latest(ds: Dir, versions, drs: str, events: Events) -> tuple[str | None, bool]:
+    """The version `latest` names, and whether `latest` is an old-style directory."""
+    st = ds.try_lstat(layout.LATEST)
+    if st is None:
+        return None, False
+    if stat.S_ISDIR(st.st_mode):
+        events.warning(f"{drs or '.'}: `latest` is a directory (old layout): read as the newest version, never written")
+        return (layout.sort_versions(versions)[-1] if versions else None), True
+    if not stat.S_ISLNK(st.st_mode):
+        raise UnsafeInputError("non-canonical layout: `latest` is neither a symlink nor a directory",
+                               dataset=drs, path=layout.LATEST)
+    target = ds.readlink(layout.LATEST)
+    version = target[1:] if target.startswith("v") else None
+    if target.startswith("/"):
+        # drslib's `repair` writes an absolute link to a version directory of the same dataset.
+        head, _, tail = target.rstrip("/").rpartition("/")
+        if os.path.realpath(head) == os.path.realpath(ds.path) and layout.is_version_dir(tail):
+            events.warning(f"{drs or '.'}: `latest` is an absolute link; read as {tail}")
+            version = tail[1:]
+    if version is None or not layout.is_version_dir(f"v{version}") or version not in versions:
+        raise UnsafeInputError(f"`latest` does not name a version of this dataset: {target!r}",
+                               dataset=drs, path=layout.LATEST)
+    return version, False
+
+
+def list_versions(ds: Dir, drs: str) -> set[str]:
+    """The version directories of a dataset, refusing malformed ones (``v1e3``) and links."""
+    versions = set()
+    for e in ds.scandir():
+        if layout.is_version_dir(e.name):
+            if not e.is_dir(follow_symlinks=False):
+                raise UnsafeInputError("non-canonical layout: version is not a real directory", dataset=drs,
+                                       path=e.name)
+            versions.add(e.name[1:])
+        elif layout.looks_like_version_dir(e.name):
+            raise UnsafeInputError("malformed version directory name", dataset=drs, path=e.name)
+        elif e.name == layout.FILES and not e.is_dir(follow_symlinks=False):
+            raise UnsafeInputError("unsafe layout: files is not a real directory", dataset=drs, path=e.name)
+    by_number: dict[int, str] = {}
+    for v in versions:
+        if int(v) in by_number:
+            raise UnsafeInputError("two version directories with the same number", dataset=drs, path=f"v{v}")
+        by_number[int(v)] = v
+    return versions
+
+
+def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: bool = False,
+            events: Events | None = None, durable: bool = True) -> DatasetManifest:
+    """Bring a dataset's manifest up to date with its tree and return it.
+
+    ``save`` writes the refreshed manifest back (best effort on a read-only source); ``loose``
+    also records real files of versions not yet published (wanted on a destination only).
+    """
+    events = events or Events()
+    old = state.load_index() if state else None
+    on_disk = list_versions(ds, drs)
+    kept = {v: i for v, i in (old.versions.items() if old else ()) if v in on_disk}
+    man = DatasetManifest(drs, mf.Index(None, kept), _store=state)
+    scanner = _Scanner(ds, man, old)
+    new_entries: dict[str, list[mf.Entry]] = {}
+    try:
+        for v in layout.sort_versions(on_disk - kept.keys()):
+            entries = scanner.scan_version(v)
+            new_entries[v] = entries
+            man._entries[v] = entries
+            man.index.versions[v] = mf.version_info(entries)
+        loose_files = scanner.scan_loose(on_disk) if loose else {}
+    finally:
+        scanner.close()
+    latest, latest_is_dir = read_latest(ds, on_disk, drs, events)
+    index = mf.Index(latest, man.index.versions, loose_files)
+    man.index = index
+    man.latest_is_dir = latest_is_dir
+    if save and state is not None and (old is None or new_entries or mf.index_to_json(old) != mf.index_to_json(index)):
+        try:
+            state.save(index, new_entries, durable=durable)
+        except OSError as e:
+            events.warning(f"{drs or '.'}: manifest not saved ({e.strerror}); the next run rescans new versions")
+    return man

@@ -1,0 +1,181 @@
+"""Where a dataset's drsync state lives (`.drsync/` or `--state-dir`), its manifest store and lock.
+
+Layout of a state directory::
+
+    manifest/index.json        the small index (versions, latest, per-version digests, loose files)
+    manifest/v<version>.json   one entry list per version
+    partial/                   files being received (resumed after a crash)
+    staging/                   version directories being built
+    lock                       flock()ed by the run writing this dataset
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import time
+
+import xxhash
+
+from . import manifest as mf
+from .errors import DestinationIOError, LockedError, UnsafeInputError
+from .fsutil import Dir
+
+STATE = ".drsync"
+
+
+class StateDir:
+    """A dataset's state directory, opened safely (never through a symlink, never group- or
+    world-writable: FAULTS B3)."""
+
+    def __init__(self, root: Dir, drs: str):
+        self.dir = root
+        self.drs = drs
+        self._subdirs: dict[str, Dir] = {}
+
+    @classmethod
+    def open(cls, dataset: Dir, drs: str, state_root: str | None, *, create: bool) -> StateDir | None:
+        """Open (or with ``create`` make) the state of ``dataset``; None if absent and not created."""
+        try:
+            if state_root is None:
+                parent, name = dataset, STATE
+            else:
+                # Keyed by the dataset's absolute path so one --state-dir serves many datasets.
+                key = xxhash.xxh3_64_hexdigest(os.path.realpath(dataset.path).encode("utf-8", "surrogateescape"))
+                parent, name = Dir.open_root(state_root, create=create), key
+            st = parent.try_lstat(name)
+            if st is None:
+                if not create:
+                    return None
+                d = parent.ensure_dir(name, 0o700)
+            else:
+                if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                    raise UnsafeInputError("unsafe destination: state directory is not a directory",
+                                           dataset=drs, path=os.path.join(parent.path, name))
+                d = parent.open_dir(name)
+            _check_private(d, drs)
+            return cls(d, drs)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafeInputError("unsafe destination: state directory is a symlink", dataset=drs,
+                                       path=os.path.join(dataset.path, STATE)) from e
+            raise
+
+    def sub(self, name: str) -> Dir:
+        """The subdirectory ``name`` (created on first use), checked like the state dir itself."""
+        d = self._subdirs.get(name)
+        if d is None:
+            st = self.dir.try_lstat(name)
+            if st is not None and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
+                raise UnsafeInputError(f"unsafe destination: {STATE}/{name} is not a directory",
+                                       dataset=self.drs, path=os.path.join(self.dir.path, name))
+            try:
+                d = self.dir.ensure_dir(name, 0o700)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise UnsafeInputError(f"unsafe destination: {STATE}/{name} is a symlink",
+                                           dataset=self.drs, path=os.path.join(self.dir.path, name)) from e
+                raise
+            _check_private(d, self.drs)
+            self._subdirs[name] = d
+        return d
+
+    # --- the manifest store -------------------------------------------------------------------
+    def load_index(self) -> mf.Index | None:
+        """The stored index, or None when missing or unreadable (then the dataset is rescanned;
+        a damaged manifest is never trusted: FAULTS D7)."""
+        try:
+            mdir = self.dir.open_dir("manifest")
+        except OSError:
+            return None
+        with mdir:
+            try:
+                return mf.index_from_json(mf.loads(mdir.read_bytes("index.json")), self.drs)
+            except (OSError, ValueError, UnsafeInputError, TypeError, AttributeError):
+                return None
+
+    def load_entries(self, version: str, expect: mf.VersionInfo) -> list[mf.Entry] | None:
+        """A stored entry list, or None if missing, corrupt, or not matching the index's digest."""
+        try:
+            with self.dir.open_dir("manifest") as mdir:
+                entries = mf.entries_from_json(mf.loads(mdir.read_bytes(f"v{version}.json")), version, self.drs)
+        except (OSError, ValueError, UnsafeInputError, TypeError):
+            return None
+        if mf.version_digest(entries) != expect.digest:
+            return None
+        return entries
+
+    def save(self, index: mf.Index, new_entries: dict[str, list[mf.Entry]], *, durable: bool = True) -> None:
+        """Write the entry lists first, then the index that refers to them (each atomically)."""
+        mdir = self.sub("manifest")
+        for version, entries in new_entries.items():
+            mdir.write_atomic(f"v{version}.json", mf.dumps(mf.entries_to_json(version, entries)), durable=durable)
+        mdir.write_atomic("index.json", mf.dumps(mf.index_to_json(index)), durable=durable)
+        # Entry lists of versions no longer in the index are dropped (a deleted version).
+        for name in mdir.listdir():
+            if name.startswith("v") and name.endswith(".json") and name[1:-5] not in index.versions:
+                try:
+                    mdir.unlink(name)
+                except FileNotFoundError:
+                    pass
+
+    # --- the lock -----------------------------------------------------------------------------
+    def lock(self, *, wait: bool, poll: float = 0.2) -> Lock:
+        return Lock.acquire(self, wait=wait, poll=poll)
+
+
+def _check_private(d: Dir, drs: str) -> None:
+    st = os.fstat(d.fd)
+    if st.st_mode & 0o022:
+        raise UnsafeInputError("unsafe destination: state directory is group- or world-writable",
+                               dataset=drs, path=d.path)
+
+
+class Lock:
+    """An exclusive ``flock`` on ``<state>/lock``. The kernel drops it when the holder dies, so a
+    lock left by a killed run is never stale (FAULTS G2); the file names the holder for messages."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, state: StateDir, *, wait: bool, poll: float) -> Lock:
+        try:
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=state.dir.fd)
+        except OSError as e:
+            raise DestinationIOError(f"cannot open lock: {e.strerror}", dataset=state.drs,
+                                     path=os.path.join(state.dir.path, "lock")) from e
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown holder"
+                    os.close(fd)
+                    raise LockedError(f"destination is locked by {holder}", dataset=state.drs,
+                                      path=os.path.join(state.dir.path, "lock")) from None
+                time.sleep(poll)
+        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.ftruncate(self.fd, 0)
+            finally:
+                os.close(self.fd)  # closing drops the flock
+                self.fd = -1
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
