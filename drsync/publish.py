@@ -29,13 +29,14 @@ from .scan import hash_fd
 from .state import StateDir
 
 LATEST_TMP = ".latest.drsync-tmp"
-BATCH_FILES = 512
+BATCH_FILES = 256  # partial fds held open at once during a batch
 BATCH_BYTES = 256 << 20
 
-# fetch(entry, fd, offset) writes bytes [offset, entry.size) of the entry's real file into fd at
-# the same offsets and returns the source's permission bits. A source that changed raises
-# SourceChanged; the receiver then retries once from scratch.
-Fetch = Callable[[mf.Entry, int, int], int]
+# A batch fetch writes each requested file into its open partial: for every (entry, fd, offset)
+# it writes bytes [offset, entry.size) of the entry's real file at the same offsets of fd, and
+# returns, in order, the source's permission bits or a SourceChanged for a source that moved on.
+# One call per batch lets a remote source stream the whole batch without a round trip per file.
+FetchBatch = Callable[[list[tuple[mf.Entry, int, int]]], list["int | SourceChanged"]]
 
 
 class SourceChanged(Exception):
@@ -80,7 +81,7 @@ class Receiver:
             self.ds.unlink(LATEST_TMP)
 
     # --- step 1: files ---------------------------------------------------------------------------
-    def receive_files(self, files: list[mf.Entry], fetch: Fetch, *, link: Callable | None = None) -> Received:
+    def receive_files(self, files: list[mf.Entry], fetch: FetchBatch, *, link: Callable | None = None) -> Received:
         """Bring every file of ``files`` into ``files/<dir>/``, verified, in flushed batches."""
         got = Received()
         batch: list[mf.Entry] = []
@@ -89,10 +90,10 @@ class Receiver:
             batch.append(e)
             size += e.size
             if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
-                self._receive_batch(batch, fetch, link, got)
+                self.receive_batch(batch, fetch, link, got)
                 batch, size = [], 0
         if batch:
-            self._receive_batch(batch, fetch, link, got)
+            self.receive_batch(batch, fetch, link, got)
         return got
 
     @staticmethod
@@ -100,73 +101,103 @@ class Receiver:
         """Deterministic per real file, so a crashed transfer is found and resumed."""
         return f"{xxhash.xxh3_64_hexdigest(f'{e.dir}/{e.file}'.encode('utf-8', 'surrogateescape'))}-{e.digest}.part"
 
-    def _receive_batch(self, batch: list[mf.Entry], fetch: Fetch, link, got: Received) -> None:
+    def receive_batch(self, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received) -> None:
+        """Fill, verify (one retry from scratch for a bad file), flush once, rename into files/."""
         partial = self.state.sub("partial")
-        ready: list[mf.Entry] = []
-        for e in batch:
-            for attempt in (1, 2):
-                try:
-                    sent = self._fill_partial(partial, e, fetch, link, fresh=attempt == 2)
-                except SourceChanged as why:
-                    ok, sent = False, 0
-                    reason = str(why)
-                else:
-                    ok = self._partial_digest(partial, e) == e.digest
-                    reason = "digest mismatch: the source changed during transfer, or the link corrupts data"
-                got.bytes += sent
-                if ok:
-                    break
-                partial.unlink(self.partial_name(e))
-            else:
+        bad = self._fill(partial, batch, fetch, link, got, fresh=False)
+        if bad:
+            still_bad = self._fill(partial, [e for e, _ in bad], fetch, link, got, fresh=True)
+            if still_bad:
+                e, reason = still_bad[0]
                 raise IntegrityError(f"{reason} (after one retry)", dataset=self.drs,
                                      path=f"{layout.FILES}/{e.dir}/{e.file}")
-            fault_point("after_digest")
-            ready.append(e)
         fault_point("before_fsync")
         if self.durable:
             try:
                 partial.syncfs()
             except OSError as err:
-                for e in ready:  # a failed flush is fatal: never trust these bytes (FAULTS E3)
+                for e in batch:  # a failed flush is fatal: never trust these bytes (FAULTS E3)
                     partial.unlink(self.partial_name(e))
                 raise DestinationIOError(f"flush failed: {err.strerror}", dataset=self.drs, path=partial.path) from err
         fault_point("after_fsync")
-        self._rename_into_files(partial, ready, got)
+        self._rename_into_files(partial, batch, got)
 
-    def _fill_partial(self, partial: Dir, e: mf.Entry, fetch: Fetch, link, *, fresh: bool) -> int:
-        """Create or resume ``partial/<name>``; return the bytes moved."""
-        name = self.partial_name(e)
-        where = f"{layout.FILES}/{e.dir}/{e.file}"
-        st = partial.try_lstat(name)
-        if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size or link):
-            partial.unlink(name)  # a planted link is removed, never followed (FAULTS B4)
-            st = None
+    def offsets(self, batch: list[mf.Entry], *, fresh: bool = False) -> list[int]:
+        """Where each file's transfer resumes: the size of a usable partial, else 0. A partial that
+        is not a regular file, or longer than the file, is removed (never followed: FAULTS B4)."""
+        partial = self.state.sub("partial")
+        out = []
+        for e in batch:
+            name = self.partial_name(e)
+            st = partial.try_lstat(name)
+            if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size):
+                partial.unlink(name)
+                st = None
+            out.append(st.st_size if st is not None else 0)
+        return out
+
+    def _fill(self, partial: Dir, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received, *,
+              fresh: bool) -> list[tuple[mf.Entry, str]]:
+        """Write the batch into partials and check digests; return the files that failed."""
+        bad: list[tuple[mf.Entry, str]] = []
+        todo = batch
         if link is not None:
+            todo = []
+            for e in batch:
+                name = self.partial_name(e)
+                if partial.try_lstat(name) is not None:
+                    partial.unlink(name)
+                try:
+                    link(e, partial, name)
+                except SourceChanged as why:
+                    bad.append((e, str(why)))
+                except OSError as err:
+                    if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise _dest_error(err, self.drs, f"{layout.FILES}/{e.dir}/{e.file}") from err
+                    self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
+                    todo.append(e)
+        offsets = self.offsets(todo, fresh=fresh)
+        fds: list[int] = []
+        try:
+            for e, off in zip(todo, offsets):
+                name = self.partial_name(e)
+                try:
+                    fds.append(partial.open_append(name) if off else partial.create_file(name))
+                except OSError as err:
+                    raise _dest_error(err, self.drs, f"{layout.FILES}/{e.dir}/{e.file}") from err
             try:
-                link(e, partial, name)
-                return 0
+                results = fetch(list(zip(todo, fds, offsets)))
             except OSError as err:
-                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise _dest_error(err, self.drs, partial.path) from err
+            for e, fd, off, res in zip(todo, fds, offsets, results):
+                where = f"{layout.FILES}/{e.dir}/{e.file}"
+                if isinstance(res, SourceChanged):
+                    bad.append((e, str(res)))
+                    continue
+                try:
+                    os.fchmod(fd, res & 0o777)
+                    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                    size = os.fstat(fd).st_size
+                except OSError as err:
                     raise _dest_error(err, self.drs, where) from err
-                self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
-        try:
-            fd = partial.open_append(name) if st is not None else partial.create_file(name)
-        except OSError as err:
-            raise _dest_error(err, self.drs, where) from err
-        try:
-            offset = st.st_size if st is not None else 0
-            try:
-                mode = fetch(e, fd, offset)
-                os.fchmod(fd, mode & 0o777)
-                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-            except OSError as err:
-                raise _dest_error(err, self.drs, where) from err
-            if os.fstat(fd).st_size != e.size:
-                raise SourceChanged("source file size changed during transfer")
-            self.events.advance(e.size - offset)
-            return e.size - offset
+                got.bytes += max(0, size - off)
+                self.events.advance(max(0, size - off))
+                if size != e.size:
+                    bad.append((e, "source file size changed during transfer"))
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
+        failed = {id(e) for e, _ in bad}
+        for e in batch:
+            if id(e) not in failed:
+                if self._partial_digest(partial, e) != e.digest:
+                    bad.append((e, "digest mismatch: the source changed during transfer, or the link corrupts data"))
+                else:
+                    fault_point("after_digest")
+        for e, _ in bad:
+            if partial.try_lstat(self.partial_name(e)) is not None:
+                partial.unlink(self.partial_name(e))
+        return bad
 
     def _partial_digest(self, partial: Dir, e: mf.Entry) -> str:
         fd = partial.open_read(self.partial_name(e))

@@ -214,7 +214,7 @@ def _execute(plan: DatasetPlan, sds: Dir, sman: DatasetManifest, dman: DatasetMa
     source = LocalSource(sds)
     try:
         events.start(drs, len(plan.files_to_send), plan.bytes_to_send)
-        got = receiver.receive_files(list(plan.files_to_send), source.fetch,
+        got = receiver.receive_files(list(plan.files_to_send), source.fetch_batch,
                                      link=source.link if options.link else None)
         result.transferred.files += got.files
         result.transferred.bytes += got.bytes

@@ -52,6 +52,16 @@ class LocalSource:
         finally:
             os.close(sfd)
 
+    def fetch_batch(self, items: list[tuple[Entry, int, int]]) -> list:
+        """The receiver's batch fetch (see publish.FetchBatch): one local copy after another."""
+        out: list = []
+        for e, fd, offset in items:
+            try:
+                out.append(self.fetch(e, fd, offset))
+            except SourceChanged as why:
+                out.append(why)
+        return out
+
     def link(self, e: Entry, partial: Dir, name: str) -> None:
         """Hard-link the source's real file as ``partial/name``."""
         try:
