@@ -10,18 +10,16 @@ import fnmatch
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import layout
 from . import manifest as mf
-from .errors import ConflictError, DestinationIOError, DrsyncError, UsageError
+from .errors import ConflictError, DrsyncError, UsageError
 from .events import Events
-from .fsutil import Dir
 from .plan import DatasetPlan, Options, Plan, diff_dataset
-from .publish import Received, Receiver
-from .scan import DatasetManifest, find_datasets, refresh
-from .state import StateDir
-from .transports.local import LocalSource
+from .publish import Received
+from .scan import DatasetManifest
+from .transports.local import LocalDestination, LocalNode
 
 _SSH_SPEC = re.compile(r"^(?:[^@/:]+@)?(?:\[[^\]/]+\]|[^@/:\[\]]+)(?::\d+)?:")
 
@@ -51,10 +49,13 @@ def is_remote(spec: str) -> bool:
     return bool(_SSH_SPEC.match(spec)) and not os.path.exists(spec)
 
 
-def _local(spec: str) -> str:
+def open_node(spec: str, options: Options, events: Events):
+    """A node object for ``spec``: a local path, or ``[user@]host[:port]:PATH`` over ssh."""
     if is_remote(spec):
-        raise UsageError(f"remote node {spec!r}: the ssh transport is not available in this build")
-    return spec
+        from .transports.remote import connect_node
+
+        return connect_node(spec, options, events)
+    return LocalNode(spec, options, events)
 
 
 def _select(paths: list[str], options: Options) -> list[str]:
@@ -68,43 +69,18 @@ def _select(paths: list[str], options: Options) -> list[str]:
     return chosen
 
 
-def _open_source(path: str) -> tuple[Dir, list[str]]:
-    try:
-        root = Dir.open_root(_local(path))
-    except FileNotFoundError:
-        raise UsageError("source does not exist", path=path) from None
-    except NotADirectoryError:
-        raise UsageError("source is not a directory", path=path) from None
-    found = find_datasets(root)
-    return root, ["." if p == "" else p for p in found]
-
-
-def _source_manifest(root: Dir, drs: str, options: Options, events: Events, *, save: bool):
-    ds = root.walk_to(drs if drs != "." else "")
-    state = None
-    try:
-        state = StateDir.open(ds, drs, options.state_dir, create=save)
-    except (OSError, DrsyncError) as e:
-        events.warning(f"{drs}: source manifest cache unavailable ({e}); scanning without it")
-    return ds, refresh(ds, drs, state, save=save, events=events, durable=options.fsync)
-
-
 def scan(path: str, options: Options = Options(), events: Events | None = None) -> list[DatasetManifest]:
     """Refresh and save the manifest of every (selected) dataset below ``path``."""
-    events = events or Events()
-    root, found = _open_source(path)
-    out = []
-    with root:
-        for drs in _select(found, options):
-            ds, man = _source_manifest(root, drs, options, events, save=True)
-            ds.close()
-            out.append(man)
-    return out
+    node = open_node(path, options, events or Events())
+    try:
+        return [node.source_manifest(drs, save=True) for drs in _select(node.datasets(), options)]
+    finally:
+        node.close()
 
 
 def diff(source: str, destination: str, options: Options = Options(), events: Events | None = None) -> RunResult:
     """The plan as a report; writes nothing anywhere."""
-    return _run("diff", source, destination, Options(**{**options.__dict__, "dry_run": True}), events)
+    return _run("diff", source, destination, replace(options, dry_run=True), events)
 
 
 def push(source: str, destination: str, options: Options = Options(), events: Events | None = None) -> RunResult:
@@ -113,86 +89,54 @@ def push(source: str, destination: str, options: Options = Options(), events: Ev
 
 
 def pull(source: str, destination: str, options: Options = Options(), events: Events | None = None) -> RunResult:
-    """Fetch from ``source`` into the local ``destination`` (local:local behaves like push)."""
+    """Fetch from ``source`` into ``destination`` (the same plan and protocol as push)."""
     return _run("pull", source, destination, options, events)
 
 
 def _run(command: str, source: str, destination: str, options: Options, events: Events | None) -> RunResult:
     events = events or Events()
+    if is_remote(source) and is_remote(destination):
+        raise UsageError("both nodes are remote; one side of a push or pull must be local")
     start = time.monotonic()
-    src_root, found = _open_source(source)
-    selected = _select(found, options)
-    dst_path = _local(destination)
-    plans: list[DatasetPlan] = []
     result = RunResult(command, Plan(source, destination), dry_run=options.dry_run,
                        transferred=None if options.dry_run else Received())
-    dst_root = None
+    plans: list[DatasetPlan] = []
+    src = open_node(source, options, events)
     try:
-        if os.path.isdir(dst_path):
-            dst_root = Dir.open_root(dst_path)
-        elif not options.dry_run and selected:
-            try:
-                dst_root = Dir.open_root(dst_path, create=True)
-            except OSError as e:
-                raise DestinationIOError(f"cannot create destination: {e.strerror}", path=dst_path) from e
-        elif os.path.exists(dst_path):
-            raise UsageError("destination is not a directory", path=dst_path)
-        for drs in selected:
-            dplan = None
-            try:
-                dplan = _one_dataset(src_root, dst_root, drs, options, events, result)
-            except DrsyncError as e:
-                if e.dataset is None:
-                    e.dataset = drs
-                result.errors.append(e)
-                if dplan is None:
-                    dplan = DatasetPlan(path=drs, error=e)
-            plans.append(dplan)
+        selected = _select(src.datasets(), options)
+        dst = open_node(destination, options, events)
+        try:
+            for drs in selected:
+                try:
+                    plans.append(_one_dataset(src, dst, drs, options, events, result))
+                except DrsyncError as e:
+                    if e.dataset is None:
+                        e.dataset = drs
+                    result.errors.append(e)
+                    plans.append(DatasetPlan(path=drs, error=e))
+                finally:
+                    src.release_source(drs)
+        finally:
+            dst.close()
     finally:
-        src_root.close()
-        if dst_root is not None:
-            dst_root.close()
+        src.close()
     result.plan = Plan(source, destination, tuple(plans))
     result.seconds = time.monotonic() - start
     return result
 
 
-def _one_dataset(src_root: Dir, dst_root: Dir | None, drs: str, options: Options, events: Events,
-                 result: RunResult) -> DatasetPlan:
-    sds, sman = _source_manifest(src_root, drs, options, events, save=not options.dry_run)
-    rel = "" if drs == "." else drs
-    with sds:
-        if options.dry_run:
-            dds = _try_walk(dst_root, rel) if dst_root is not None else None
-            if dds is None:
-                return _checked(diff_dataset(sman, None, options), result)
-            with dds:
-                state = StateDir.open(dds, drs, options.state_dir, create=False)
-                dman = refresh(dds, drs, state, save=False, loose=True, events=events)
-                return _checked(diff_dataset(sman, dman, options), result)
-        try:
-            dds = dst_root.walk_to(rel, create=True)
-        except OSError as e:
-            from .publish import _dest_error
-
-            raise _dest_error(e, drs, os.path.join(dst_root.path, rel)) from e
-        with dds:
-            state = StateDir.open(dds, drs, options.state_dir, create=True)
-            with state.lock(wait=options.wait):
-                receiver = Receiver(dds, state, drs, events=events, durable=options.fsync)
-                receiver.recover()
-                dman = refresh(dds, drs, state, save=True, loose=True, events=events, durable=options.fsync)
-                plan = _checked(diff_dataset(sman, dman, options), result)
-                if plan.error is None and not plan.conflicts:
-                    _execute(plan, sds, sman, dman, receiver, options, events, result)
-                return plan
-
-
-def _try_walk(root: Dir, rel: str) -> Dir | None:
+def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: RunResult) -> DatasetPlan:
+    sman = src.source_manifest(drs, save=not options.dry_run)
+    if options.dry_run:
+        return _checked(diff_dataset(sman, dst.peek_destination(drs), options), result)
+    session = dst.open_destination(drs)
     try:
-        return root.walk_to(rel)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        plan = _checked(diff_dataset(sman, session.manifest, options), result)
+        if plan.error is None and not plan.conflicts and not plan.in_sync:
+            _execute(plan, src, sman, session, options, events, result)
+        return plan
+    finally:
+        session.close()
 
 
 def _checked(plan: DatasetPlan, result: RunResult) -> DatasetPlan:
@@ -205,39 +149,30 @@ def _checked(plan: DatasetPlan, result: RunResult) -> DatasetPlan:
     return plan
 
 
-def _execute(plan: DatasetPlan, sds: Dir, sman: DatasetManifest, dman: DatasetManifest, receiver: Receiver,
-             options: Options, events: Events, result: RunResult) -> None:
+def _execute(plan: DatasetPlan, src, sman: DatasetManifest, session, options: Options, events: Events,
+             result: RunResult) -> None:
     """Run the publish protocol for one dataset's plan."""
     drs = plan.path
-    if plan.in_sync:
-        return
-    source = LocalSource(sds)
+    dman = session.manifest
+    events.start(drs, len(plan.files_to_send), plan.bytes_to_send)
     try:
-        events.start(drs, len(plan.files_to_send), plan.bytes_to_send)
-        got = receiver.receive_files(list(plan.files_to_send), source.fetch_batch,
-                                     link=source.link if options.link else None)
+        local = isinstance(src, LocalNode) and isinstance(session, LocalDestination)
+        link = src.linker(drs) if options.link and local else None
+        got = session.receive(list(plan.files_to_send), src.fetch_batch(drs), link)
         result.transferred.files += got.files
         result.transferred.bytes += got.bytes
         versions = dict(dman.index.versions)
-        new_entries: dict[str, list[mf.Entry]] = {}
+        added = []
         for v in plan.versions_to_add:
-            entries = sman.entries(v)
-            receiver.publish_version(v, entries)
-            new_entries[v] = entries
+            added.append((v, sman.entries(v)))
             versions[v] = sman.index.versions[v]
-        latest = dman.index.latest
-        if plan.new_latest is not None:
-            receiver.point_latest(plan.new_latest)
-            latest = plan.new_latest
-        if plan.delete_versions or plan.delete_files:
-            receiver.delete(plan.delete_versions, plan.delete_files)
-            for v in plan.delete_versions:
-                versions.pop(v, None)
+        for v in plan.delete_versions:
+            versions.pop(v, None)
+        latest = plan.new_latest if plan.new_latest is not None else dman.index.latest
         loose = {k: x for k, x in dman.index.loose.items() if k[0].rpartition("_")[2] not in versions}
-        receiver.write_manifest(mf.Index(latest, versions, loose), new_entries)
-        receiver.recover()
+        session.publish(added, plan.new_latest, plan.delete_versions, plan.delete_files,
+                        mf.Index(latest, versions, loose))
     finally:
-        source.close()
         events.finish(drs)
 
 

@@ -1,7 +1,9 @@
-"""The local transport's source half: real files read through held directory fds.
+"""The local transport: a node that is a directory on this machine.
 
-Copies use the kernel's fast path (``copy_file_range``, then ``sendfile``); ``--link`` hard-links
-instead when both nodes share a filesystem.
+Source half: manifests refreshed in place, real files read through held directory fds and copied
+with the kernel's fast path (``copy_file_range``, then ``sendfile``), or hard-linked with
+``--link``. Destination half: a locked session running the publish protocol. The remote agent
+wraps exactly this class, so an ssh node behaves as a local one does.
 """
 
 from __future__ import annotations
@@ -9,9 +11,15 @@ from __future__ import annotations
 import os
 
 from .. import layout
+from .. import manifest as mf
+from ..errors import DestinationIOError, DrsyncError, UsageError
+from ..events import Events
 from ..fsutil import Dir, copy_fd, fault_point
 from ..manifest import Entry
-from ..publish import SourceChanged
+from ..plan import Options
+from ..publish import FetchBatch, Received, Receiver, SourceChanged, _dest_error
+from ..scan import DatasetManifest, find_datasets, refresh
+from ..state import Lock, StateDir
 
 
 class LocalSource:
@@ -30,25 +38,31 @@ class LocalSource:
             d = self._dirs[dirname] = self._files.open_dir(dirname)
         return d
 
-    def _open(self, e: Entry) -> int:
+    def open(self, e: Entry) -> int:
+        """Open a real file for reading, checking it still has its manifest size."""
         try:
-            return self._dir(e.dir).open_read(e.file)
+            fd = self._dir(e.dir).open_read(e.file)
         except FileNotFoundError:
             raise SourceChanged("source file vanished during transfer") from None
+        if os.fstat(fd).st_size != e.size:
+            os.close(fd)
+            raise SourceChanged("source file size changed since it was scanned")
+        return fd
 
     def fetch(self, e: Entry, fd: int, offset: int) -> int:
         """Copy bytes [offset, size) of ``e`` into ``fd``; return the source's mode bits."""
-        sfd = self._open(e)
+        sfd = self.open(e)
         try:
-            st = os.fstat(sfd)
-            if st.st_size != e.size:
-                raise SourceChanged("source file size changed since it was scanned")
             if offset < e.size:
                 first = min(e.size, offset + (1 << 20))
                 copy_fd(sfd, fd, first, offset)
                 fault_point("partial_write")
                 copy_fd(sfd, fd, e.size, first)
-            return st.st_mode
+            return os.fstat(sfd).st_mode
+        except OSError as err:
+            if err.errno is not None and "short copy" in str(err):
+                raise SourceChanged("source file shrank during transfer") from None
+            raise
         finally:
             os.close(sfd)
 
@@ -74,3 +88,164 @@ class LocalSource:
             d.close()
         if self._files is not None:
             self._files.close()
+        self._dirs.clear()
+        self._files = None
+
+
+class LocalDestination:
+    """A locked publish session on one destination dataset."""
+
+    def __init__(self, ds: Dir, state: StateDir, lock: Lock, receiver: Receiver, manifest: DatasetManifest):
+        self.ds = ds
+        self.state = state
+        self._lock = lock
+        self.receiver = receiver
+        self.manifest = manifest
+
+    def receive(self, files: list[Entry], fetch: FetchBatch, link=None) -> Received:
+        return self.receiver.receive_files(files, fetch, link=link)
+
+    def publish(self, versions: list[tuple[str, list[Entry]]], new_latest: str | None,
+                delete_versions: tuple[str, ...], delete_files: tuple[tuple[str, str], ...], index: mf.Index) -> None:
+        """Steps 2-4 of the protocol: versions, latest, (--delete), manifest; then clean up."""
+        for v, entries in versions:
+            self.receiver.publish_version(v, entries)
+        if new_latest is not None:
+            self.receiver.point_latest(new_latest)
+        if delete_versions or delete_files:
+            self.receiver.delete(delete_versions, delete_files)
+        self.receiver.write_manifest(index, dict(versions))
+        self.receiver.recover()
+
+    def close(self) -> None:
+        self._lock.release()
+        self.state.dir.close()
+        self.ds.close()
+
+
+class LocalNode:
+    """A node root (or one dataset directory) on this machine."""
+
+    def __init__(self, path: str, options: Options, events: Events | None = None):
+        self.spec = path
+        self.path = path
+        self.options = options
+        self.events = events or Events()
+        self._root: Dir | None = None
+        self._open: dict[str, tuple[Dir, DatasetManifest]] = {}
+        self._sources: dict[str, LocalSource] = {}
+
+    # --- node -------------------------------------------------------------------------------
+    def root(self, *, create: bool = False) -> Dir | None:
+        if self._root is None:
+            try:
+                self._root = Dir.open_root(self.path, create=create)
+            except FileNotFoundError:
+                return None
+            except NotADirectoryError:
+                raise UsageError("not a directory", path=self.path) from None
+            except OSError as e:
+                raise _dest_error(e, None, self.path) if create else \
+                    UsageError(f"cannot open: {e.strerror}", path=self.path) from None
+        return self._root
+
+    def close(self) -> None:
+        for src in self._sources.values():
+            src.close()
+        for ds, _ in self._open.values():
+            ds.close()
+        self._sources.clear()
+        self._open.clear()
+        if self._root is not None:
+            self._root.close()
+            self._root = None
+
+    @staticmethod
+    def _rel(drs: str) -> str:
+        return "" if drs == "." else drs
+
+    # --- source half ------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        root = self.root()
+        if root is None:
+            raise UsageError("source does not exist", path=self.path)
+        return ["." if p == "" else p for p in find_datasets(root)]
+
+    def source_manifest(self, drs: str, *, save: bool) -> DatasetManifest:
+        if drs in self._open:
+            return self._open[drs][1]
+        ds = self.root().walk_to(self._rel(drs))
+        state = None
+        try:
+            state = StateDir.open(ds, drs, self.options.state_dir, create=save)
+        except (OSError, DrsyncError) as e:
+            self.events.warning(f"{drs}: source manifest cache unavailable ({e}); scanning without it")
+        man = refresh(ds, drs, state, save=save, events=self.events, durable=self.options.fsync)
+        self._open[drs] = (ds, man)
+        return man
+
+    def source(self, drs: str) -> LocalSource:
+        src = self._sources.get(drs)
+        if src is None:
+            src = self._sources[drs] = LocalSource(self._open[drs][0])
+        return src
+
+    def fetch_batch(self, drs: str) -> FetchBatch:
+        return self.source(drs).fetch_batch
+
+    def linker(self, drs: str):
+        return self.source(drs).link
+
+    def release_source(self, drs: str) -> None:
+        src = self._sources.pop(drs, None)
+        if src is not None:
+            src.close()
+        ds, _ = self._open.pop(drs, (None, None))
+        if ds is not None:
+            ds.close()
+
+    # --- destination half -------------------------------------------------------------------
+    def peek_destination(self, drs: str) -> DatasetManifest | None:
+        """The destination's manifest without writing or locking anything (diff, --dry-run)."""
+        root = self.root()
+        if root is None:
+            return None
+        try:
+            ds = root.walk_to(self._rel(drs))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        with ds:
+            state = StateDir.open(ds, drs, self.options.state_dir, create=False)
+            return refresh(ds, drs, state, save=False, loose=True, events=self.events)
+
+    def open_destination(self, drs: str) -> LocalDestination:
+        """Create the dataset directory if needed, take its lock, clean up after a crashed run and
+        refresh its manifest (with loose files)."""
+        root = self.root(create=True)
+        rel = self._rel(drs)
+        try:
+            ds = root.walk_to(rel, create=True)
+        except OSError as e:
+            raise _dest_error(e, drs, os.path.join(root.path, rel)) from e
+        try:
+            state = StateDir.open(ds, drs, self.options.state_dir, create=True)
+            lock = state.lock(wait=self.options.wait)
+        except OSError as e:
+            ds.close()
+            raise _dest_error(e, drs, ds.path) from e
+        except BaseException:
+            ds.close()
+            raise
+        try:
+            receiver = Receiver(ds, state, drs, events=self.events, durable=self.options.fsync)
+            receiver.recover()
+            man = refresh(ds, drs, state, save=True, loose=True, events=self.events, durable=self.options.fsync)
+        except OSError as e:
+            lock.release()
+            ds.close()
+            raise DestinationIOError(e.strerror or str(e), dataset=drs, path=e.filename or ds.path) from e
+        except BaseException:
+            lock.release()
+            ds.close()
+            raise
+        return LocalDestination(ds, state, lock, receiver, man)

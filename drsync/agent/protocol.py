@@ -1,0 +1,120 @@
+"""The drsync agent protocol: a versioned handshake and framed messages over a byte stream.
+
+The remote half is drsync itself (`drsync agent`, like `rsync --server`): it speaks on its stdin
+and stdout over the SSH channel. Frames are ``type (1 byte) | length (4 bytes, big-endian) |
+payload``:
+
+- ``J``: a JSON object (a request, a reply, or a "need" from a receiving agent);
+- ``F``: the header of one file's bytes: JSON ``{"ok": true}`` or ``{"ok": false, "reason": ...}``;
+- ``D``: file bytes; a file's ``F`` is followed by exactly the bytes asked for, in ``D`` frames.
+
+Handshake: the agent first writes one line ``DRSYNC-AGENT/<protocol> <drsync version>\\n``. Anything
+else (a shell banner, "command not found") is reported as such, not as a JSON traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from ..errors import (ConflictError, ConnectionFailure, DestinationIOError, DrsyncError, IntegrityError,
+                      LockedError, UnsafeInputError, UsageError)
+
+PROTOCOL = 1
+GREETING = b"DRSYNC-AGENT/"
+MAX_FRAME = 64 << 20
+CHUNK = 4 << 20
+_HEAD = struct.Struct(">BI")
+
+OPS = frozenset({"datasets", "manifest", "entries", "send", "dest_open", "dest_receive", "dest_publish",
+                 "dest_close", "bye"})
+
+_ERRORS = {c.exit_code: c for c in (UsageError, ConflictError, UnsafeInputError, ConnectionFailure,
+                                     DestinationIOError, LockedError, IntegrityError)}
+
+
+class ProtocolError(ConnectionFailure):
+    """The peer broke the protocol (or is not a drsync agent)."""
+
+
+class Stream:
+    """Blocking framed I/O over two byte-stream callables (``read(n)`` returns up to n bytes, b''
+    at EOF; ``write(b)``; ``flush()``)."""
+
+    def __init__(self, read, write, flush=lambda: None):
+        self._read = read
+        self._write = write
+        self._flush = flush
+        self._buf = bytearray()
+        self.sent = 0
+        self.received = 0
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = self._read(max(n - len(self._buf), 1 << 16))
+            if not chunk:
+                raise ProtocolError("connection closed by the remote end")
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.received += n
+        return out
+
+    def read_line(self, limit: int = 4096) -> bytes:
+        while b"\n" not in self._buf:
+            if len(self._buf) > limit:
+                break
+            chunk = self._read(1 << 12)
+            if not chunk:
+                break
+            self._buf += chunk
+        i = self._buf.find(b"\n")
+        line = bytes(self._buf[: i + 1 if i >= 0 else len(self._buf)])
+        del self._buf[: len(line)]
+        return line
+
+    def write_frame(self, kind: bytes, payload: bytes | memoryview) -> None:
+        self._write(_HEAD.pack(kind[0], len(payload)) + bytes(payload) if len(payload) < 65536
+                    else _HEAD.pack(kind[0], len(payload)))
+        if len(payload) >= 65536:
+            self._write(payload)
+        self.sent += len(payload) + _HEAD.size
+
+    def read_frame(self) -> tuple[bytes, bytes]:
+        kind, length = _HEAD.unpack(self.read_exact(_HEAD.size))
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes is too large")
+        return bytes([kind]), self.read_exact(length)
+
+    def send(self, obj: dict) -> None:
+        self.write_frame(b"J", json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode())
+        self._flush()
+
+    def recv(self) -> dict:
+        kind, payload = self.read_frame()
+        if kind != b"J":
+            raise ProtocolError(f"expected a message, got frame {kind!r}")
+        try:
+            obj = json.loads(payload)
+        except ValueError as e:
+            raise ProtocolError(f"malformed message from the peer: {e}") from None
+        if not isinstance(obj, dict):
+            raise ProtocolError("malformed message from the peer")
+        return obj
+
+    def flush(self) -> None:
+        self._flush()
+
+
+def error_to_json(e: DrsyncError) -> dict:
+    return {"ok": False, "error": {"code": e.exit_code, "message": e.message, "dataset": e.dataset, "path": e.path}}
+
+
+def raise_if_error(reply: dict) -> dict:
+    """Turn an agent's error reply back into the same DrsyncError class on this side."""
+    if reply.get("ok") is True:
+        return reply
+    err = reply.get("error") or {}
+    code = err.get("code") if isinstance(err.get("code"), int) else 5
+    cls = _ERRORS.get(code, ConnectionFailure)
+    raise cls(f"remote: {err.get('message', 'agent error')}", dataset=err.get("dataset"), path=err.get("path"))
