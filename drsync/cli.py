@@ -100,6 +100,18 @@ def _common(p: argparse.ArgumentParser, *, transfer: bool) -> None:
     p.add_argument("--bwlimit", type=parse_rate, metavar="RATE", help="limit bandwidth, e.g. 20M (ssh)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: on when stderr is a terminal)")
+    _ssh(p)
+
+
+def _ssh(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ssh")
+    g.add_argument("--ssh-backend", choices=("asyncssh", "paramiko"), default="asyncssh",
+                   help="SSH library to use (default asyncssh)")
+    g.add_argument("--accept-new", action="store_true",
+                   help="record an unknown host key in known_hosts (never a changed one), like OpenSSH's "
+                        "StrictHostKeyChecking=accept-new")
+    g.add_argument("--drsync-path", default="drsync", metavar="CMD",
+                   help="the drsync command on the remote node (default: drsync), like rsync's --rsync-path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     _common(p, transfer=False)
 
+    p = sub.add_parser("agent", help="(internal) the remote half, spoken to over ssh",
+                       description="Serve one drsync client on stdin/stdout. Started by drsync over ssh; "
+                                   "not for interactive use.")
+
     p = sub.add_parser("demo", help="build the shipped example and replicate it, printing each step",
                        description="Build node A (the thetao example at two versions), diff and push to node "
                                    "B, add a third version, diff and push again, then verify.")
@@ -170,6 +186,9 @@ def _options(args):
         state_dir=args.state_dir,
         jobs=getattr(args, "jobs", 1),
         bwlimit=getattr(args, "bwlimit", None),
+        ssh_backend=getattr(args, "ssh_backend", "asyncssh"),
+        accept_new=getattr(args, "accept_new", False),
+        drsync_path=getattr(args, "drsync_path", "drsync"),
     )
 
 
@@ -250,7 +269,13 @@ def cmd_demo(args) -> int:
     return run_demo(directory, print)
 
 
-COMMANDS = {"diff": cmd_transfer, "push": cmd_transfer, "pull": cmd_transfer, "verify": cmd_verify,
+def cmd_agent(args) -> int:
+    from .agent.server import main as agent_main
+
+    return agent_main()
+
+
+COMMANDS = {"agent": cmd_agent, "diff": cmd_transfer, "push": cmd_transfer, "pull": cmd_transfer, "verify": cmd_verify,
             "scan": cmd_scan, "demo": cmd_demo}
 
 

@@ -119,7 +119,10 @@ def entries_from_json(doc, version: str, dataset: str | None) -> list[Entry]:
     """Parse and validate a version's entry list; duplicates are refused (FAULTS A7)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != version:
         raise UnsafeInputError("malformed manifest: bad entry list header", dataset=dataset, path=f"v{version}")
-    entries = [make_entry(row, version, dataset) for row in doc.get("entries", ())]
+    rows = doc.get("entries", [])
+    if not isinstance(rows, list):
+        raise UnsafeInputError("malformed manifest: entries is not a list", dataset=dataset, path=f"v{version}")
+    entries = [make_entry(row, version, dataset) for row in rows]
     seen: set[str] = set()
     for e in entries:
         if e.key in seen:
@@ -155,7 +158,13 @@ def index_from_json(doc, dataset: str | None) -> Index:
     if latest is not None:
         layout.check_version(latest, dataset=dataset)
     loose: dict[tuple[str, str], Loose] = {}
-    for key, (size, mtime, digest) in (doc.get("loose") or {}).items():
+    raw_loose = doc.get("loose") or {}
+    if not isinstance(raw_loose, dict):
+        raise UnsafeInputError("malformed manifest: loose", dataset=dataset)
+    for key, record in raw_loose.items():
+        if not isinstance(record, list) or len(record) != 3:
+            raise UnsafeInputError("malformed manifest: loose file record", dataset=dataset, path=f"files/{key}")
+        size, mtime, digest = record
         dirname, _, file = key.partition("/")
         layout.split_files_dir(dirname, dataset=dataset)
         layout.check_name(file, "file name", dataset=dataset)

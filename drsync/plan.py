@@ -31,6 +31,9 @@ class Options:
     state_dir: str | None = None
     jobs: int = 1
     bwlimit: int | None = None  # bytes per second
+    ssh_backend: str = "asyncssh"
+    accept_new: bool = False
+    drsync_path: str = "drsync"
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,10 @@ class Receiver:
         for e in batch:
             name = self.partial_name(e)
             st = partial.try_lstat(name)
-            if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size):
+            # an empty partial (a kill between create and first write) is removed too: the
+            # caller creates offset-0 files with O_EXCL, which would fail on it (EEXIST)
+            if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size
+                                   or st.st_size == 0):
                 partial.unlink(name)
                 st = None
             out.append(st.st_size if st is not None else 0)

@@ -49,8 +49,8 @@ def is_dataset(d: Dir) -> bool:
     """A dataset holds ``files/`` and at least one ``v<digits>/`` (DESIGN §1)."""
     has_files = has_version = False
     for e in d.scandir():
-        if e.name == layout.FILES and e.is_dir(follow_symlinks=False):
-            has_files = True
+        if e.name == layout.FILES and (e.is_dir(follow_symlinks=False) or e.is_symlink()):
+            has_files = True  # a symlinked files/ is still a dataset: list_versions refuses it (exit 4)
         elif layout.is_version_dir(e.name) and e.is_dir(follow_symlinks=False):
             has_version = True
         if has_files and has_version:
@@ -85,12 +85,19 @@ class DatasetManifest:
     latest_is_dir: bool = False  # an old tree whose `latest` is a directory of links: read-only
     _entries: dict[str, list[mf.Entry]] = field(default_factory=dict)
     _store: StateDir | None = None
+    _loader: object = None  # version -> entries, for a manifest that lives on another machine
 
     def entries(self, version: str) -> list[mf.Entry]:
         got = self._entries.get(version)
         if got is None:
             info = self.index.versions[version]
-            got = self._store.load_entries(version, info) if self._store else None
+            if self._loader is not None:
+                got = self._loader(version)
+                if mf.version_digest(got) != info.digest:
+                    raise UnsafeInputError("entry list does not match its index digest", dataset=self.path,
+                                           path=f"v{version}")
+            else:
+                got = self._store.load_entries(version, info) if self._store else None
             if got is None:
                 raise UnsafeInputError("manifest entry list missing or damaged; run `drsync scan`",
                                        dataset=self.path, path=f"v{version}")
@@ -99,6 +106,15 @@ class DatasetManifest:
 
     def real_files(self, version: str) -> dict[tuple[str, str], mf.Entry]:
         return {e.real: e for e in self.entries(version)}
+
+
+def _check_component(name: str, what: str, drs: str, where: str) -> None:
+    """check_name, with the error naming the entry's whole path in the dataset, not just ``name``."""
+    try:
+        layout.check_name(name, what, dataset=drs)
+    except UnsafeInputError as e:
+        e.path = where
+        raise
 
 
 class _Scanner:
@@ -144,7 +160,7 @@ class _Scanner:
         with vdir:
             for ne in sorted(vdir.scandir(), key=lambda x: x.name):
                 name = ne.name
-                layout.check_name(name, "variable name", dataset=drs)
+                _check_component(name, "variable name", drs, f"v{version}/{name}")
                 if not ne.is_dir(follow_symlinks=False):
                     raise UnsafeInputError("non-canonical layout: version directory holds a non-directory",
                                            dataset=drs, path=f"v{version}/{name}")
@@ -156,7 +172,7 @@ class _Scanner:
     def scan_entry(self, nd: Dir, version: str, name: str, file: str, fe: os.DirEntry) -> mf.Entry:
         drs = self.man.path
         where = f"v{version}/{name}/{file}"
-        layout.check_name(file, "file name", dataset=drs)
+        _check_component(file, "file name", drs, where)
         if not fe.is_symlink():
             raise UnsafeInputError("non-canonical layout: version entry is not a symlink", dataset=drs, path=where)
         dirname = layout.parse_link(nd.readlink(file), name, file, version, dataset=drs)

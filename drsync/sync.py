@@ -158,7 +158,7 @@ def _execute(plan: DatasetPlan, src, sman: DatasetManifest, session, options: Op
     try:
         local = isinstance(src, LocalNode) and isinstance(session, LocalDestination)
         link = src.linker(drs) if options.link and local else None
-        got = session.receive(list(plan.files_to_send), src.fetch_batch(drs), link)
+        got = session.receive(list(plan.files_to_send), src, drs, link)
         result.transferred.files += got.files
         result.transferred.bytes += got.bytes
         versions = dict(dman.index.versions)

@@ -102,8 +102,9 @@ class LocalDestination:
         self.receiver = receiver
         self.manifest = manifest
 
-    def receive(self, files: list[Entry], fetch: FetchBatch, link=None) -> Received:
-        return self.receiver.receive_files(files, fetch, link=link)
+    def receive(self, files: list[Entry], src, drs: str, link=None) -> Received:
+        """Step 1: bring ``files`` over from dataset ``drs`` of node ``src``."""
+        return self.receiver.receive_files(files, src.fetch_batch(drs), link=link)
 
     def publish(self, versions: list[tuple[str, list[Entry]]], new_latest: str | None,
                 delete_versions: tuple[str, ...], delete_files: tuple[tuple[str, str], ...], index: mf.Index) -> None:
@@ -142,7 +143,7 @@ class LocalNode:
                 self._root = Dir.open_root(self.path, create=create)
             except FileNotFoundError:
                 return None
-            except NotADirectoryError:
+            except (NotADirectoryError, FileExistsError):  # FileExistsError: makedirs over a file
                 raise UsageError("not a directory", path=self.path) from None
             except OSError as e:
                 raise _dest_error(e, None, self.path) if create else \

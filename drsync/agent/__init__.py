@@ -1,0 +1,1 @@
+"""The remote half of drsync: `drsync agent` and its protocol."""

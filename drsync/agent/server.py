@@ -1,0 +1,261 @@
+"""`drsync agent`: the remote half, serving one client over stdin/stdout (like `rsync --server`).
+
+It wraps a `LocalNode`, so a remote node runs exactly the local scan, safety checks and publish
+protocol. Only the operations in `protocol.OPS` are served; every name and entry a client sends is
+validated again here (defence in depth: FAULTS F8).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import __version__, layout
+from .. import manifest as mf
+from ..errors import DestinationIOError, DrsyncError, UsageError
+from ..events import Events
+from ..plan import Options
+from ..publish import SourceChanged
+from ..transports.local import LocalNode
+from . import protocol as p
+
+
+class _Forward(Events):
+    """Collects warnings; they travel back in the next reply."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.pending.append(message)
+
+
+def rows_to_entries(rows, drs: str) -> list[mf.Entry]:
+    """Validate ``[name, file, dir, size, mtime_ns, digest]`` rows (version-independent checks)."""
+    out = []
+    if not isinstance(rows, list):
+        raise UsageError("malformed request: entry list")
+    for row in rows:
+        e = mf.make_entry(row, str(10 ** (layout.MAX_VERSION_DIGITS) - 1), drs)
+        out.append(e)
+    return out
+
+
+class Agent:
+    def __init__(self, stream: p.Stream):
+        self.stream = stream
+        self.events = _Forward()
+        self.nodes: dict[tuple, LocalNode] = {}
+        self.session = None
+        self.session_drs = None
+
+    def node(self, req: dict) -> LocalNode:
+        root = req.get("root")
+        if not isinstance(root, str) or not root or "\0" in root:
+            raise UsageError("malformed request: root")
+        opts = req.get("options") or {}
+        options = Options(state_dir=opts.get("state_dir"), fsync=bool(opts.get("fsync", True)),
+                          wait=bool(opts.get("wait", True)))
+        key = (root, options.state_dir, options.fsync, options.wait)
+        node = self.nodes.get(key)
+        if node is None:
+            node = self.nodes[key] = LocalNode(root, options, self.events)
+        return node
+
+    @staticmethod
+    def drs(req: dict) -> str:
+        drs = req.get("drs")
+        if drs == ".":
+            return drs
+        if not isinstance(drs, str):
+            raise UsageError("malformed request: dataset")
+        return layout.check_relpath(drs)
+
+    @staticmethod
+    def _man(man) -> dict:
+        if man is None:
+            return {"index": None}
+        return {"index": mf.index_to_json(man.index), "latest_is_dir": man.latest_is_dir}
+
+    # --- operations ---------------------------------------------------------------------------
+    def op_datasets(self, req):
+        return {"datasets": self.node(req).datasets()}
+
+    def op_manifest(self, req):
+        node, drs = self.node(req), self.drs(req)
+        if req.get("dest"):
+            man = node.peek_destination(drs)
+            self._peeked = man
+            return self._man(man)
+        return self._man(node.source_manifest(drs, save=bool(req.get("save"))))
+
+    def op_entries(self, req):
+        drs = self.drs(req)
+        if req.get("dest"):
+            man = self.session.manifest if self.session is not None else getattr(self, "_peeked", None)
+        else:
+            man = self.node(req).source_manifest(drs, save=False)
+        if man is None:
+            raise UsageError("no manifest loaded for that dataset")
+        versions = req.get("versions") or []
+        return {"versions": {v: mf.entries_to_json(v, man.entries(v))["entries"] for v in versions
+                             if v in man.index.versions}}
+
+    def op_send(self, req):
+        """Stream the requested files' bytes (pull): per file an F header, then the bytes."""
+        node, drs = self.node(req), self.drs(req)
+        node.source_manifest(drs, save=False)
+        src = node.source(drs)
+        for row in req.get("files") or []:
+            dirname, file, size, offset = row
+            layout.split_files_dir(dirname, dataset=drs)
+            layout.check_name(file, "file name", dataset=drs)
+            e = mf.Entry(dirname.rpartition("_")[0], file, dirname, int(size), 0, "0" * 32)
+            send_file(self.stream, src, e, int(offset))
+        return {}
+
+    def op_dest_open(self, req):
+        if self.session is not None:
+            raise UsageError("a destination session is already open")
+        node, drs = self.node(req), self.drs(req)
+        self.session = node.open_destination(drs)
+        self.session_drs = drs
+        return self._man(self.session.manifest)
+
+    def op_dest_receive(self, req):
+        session = self._session()
+        files = rows_to_entries(req.get("files"), self.session_drs)
+
+        def fetch(items):
+            index = {id(e): i for i, e in enumerate(files)}
+            self.stream.send({"need": [[index[id(e)], off] for e, _, off in items]})
+            return [recv_file(self.stream, e, fd, off) for e, fd, off in items]
+
+        class _Client:  # the node the bytes come from: the client, streaming what the agent needs
+            def fetch_batch(self, drs):
+                return fetch
+
+        got = session.receive(files, _Client(), self.session_drs)
+        return {"files": got.files, "bytes": got.bytes}
+
+    def op_dest_publish(self, req):
+        session = self._session()
+        drs = self.session_drs
+        versions = []
+        for v, rows in req.get("versions") or []:
+            layout.check_version(v, dataset=drs)
+            versions.append((v, mf.entries_from_json({"format": mf.FORMAT, "version": v, "entries": rows}, v, drs)))
+        index = mf.index_from_json(req.get("index"), drs)
+        new_latest = req.get("new_latest")
+        if new_latest is not None:
+            layout.check_version(new_latest, dataset=drs)
+        delete_versions = tuple(layout.check_version(v, dataset=drs) for v in req.get("delete_versions") or [])
+        delete_files = []
+        for d, f in req.get("delete_files") or []:
+            layout.split_files_dir(d, dataset=drs)
+            delete_files.append((d, layout.check_name(f, "file name", dataset=drs)))
+        session.publish(versions, new_latest, delete_versions, tuple(delete_files), index)
+        return {}
+
+    def op_dest_close(self, req):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        return {}
+
+    def _session(self):
+        if self.session is None:
+            raise UsageError("no destination session open")
+        return self.session
+
+    def serve(self) -> int:
+        self.stream._write(f"{p.GREETING.decode()}{p.PROTOCOL} {__version__}\n".encode())
+        self.stream.flush()
+        hello = self.stream.recv()
+        if hello.get("protocol") != p.PROTOCOL:
+            self.stream.send({"ok": False, "error": {"code": 5, "message":
+                              f"protocol mismatch: agent speaks {p.PROTOCOL}, client {hello.get('protocol')}"}})
+            return 5
+        self.stream.send({"ok": True, "version": __version__})
+        while True:
+            try:
+                req = self.stream.recv()
+            except p.ProtocolError:
+                break  # client went away: the session's lock is released on exit
+            op = req.get("op")
+            if op == "bye":
+                self.stream.send({"ok": True})
+                break
+            if op not in p.OPS:
+                self.stream.send({"ok": False, "error": {"code": 2, "message": f"operation not allowed: {op!r}"}})
+                continue
+            try:
+                reply = {"ok": True, **getattr(self, f"op_{op}")(req)}
+            except DrsyncError as e:
+                reply = p.error_to_json(e)
+            except OSError as e:
+                reply = p.error_to_json(DestinationIOError(e.strerror or str(e), path=e.filename))
+            except (ValueError, TypeError, KeyError) as e:
+                reply = p.error_to_json(UsageError(f"malformed request: {e}"))
+            if self.events.pending:
+                reply["warnings"], self.events.pending = self.events.pending, []
+            self.stream.send(reply)
+        if self.session is not None:
+            self.session.close()
+        for node in self.nodes.values():
+            node.close()
+        return 0
+
+
+def send_file(stream: p.Stream, src, e: mf.Entry, offset: int) -> None:
+    """Write one file's header and bytes [offset, size) to ``stream`` (pads if it shrank meanwhile,
+    so the framing holds; the receiver's digest check then refuses it)."""
+    try:
+        fd = src.open(e)
+    except SourceChanged as why:
+        stream.write_frame(b"F", p.json.dumps({"ok": False, "reason": str(why)}).encode())
+        return
+    try:
+        st = os.fstat(fd)
+        stream.write_frame(b"F", p.json.dumps({"ok": True, "mode": st.st_mode}).encode())
+        pos = offset
+        while pos < e.size:
+            chunk = os.pread(fd, min(p.CHUNK, e.size - pos), pos)
+            if not chunk:
+                chunk = bytes(min(p.CHUNK, e.size - pos))
+            stream.write_frame(b"D", chunk)
+            pos += len(chunk)
+    finally:
+        os.close(fd)
+
+
+def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
+    """Read one file's header and bytes from ``stream`` into ``fd``; return its mode or a
+    SourceChanged."""
+    kind, payload = stream.read_frame()
+    if kind != b"F":
+        raise p.ProtocolError(f"expected a file header, got frame {kind!r}")
+    head = p.json.loads(payload)
+    if not head.get("ok"):
+        return SourceChanged(str(head.get("reason", "source file changed")))
+    pos = offset
+    while pos < e.size:
+        kind, data = stream.read_frame()
+        if kind != b"D" or pos + len(data) > e.size:
+            raise p.ProtocolError("file data does not match the announced size")
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, pos)
+            pos += n
+            view = view[n:]
+    mode = head.get("mode")
+    return mode if isinstance(mode, int) else 0o644
+
+
+def main() -> int:
+    """Entry point of `drsync agent`: serve on stdin/stdout until the client says bye."""
+    stdin, stdout = sys.stdin.buffer.raw, sys.stdout.buffer
+    # Keep stray prints (none expected) from corrupting the protocol stream.
+    sys.stdout = sys.stderr
+    stream = p.Stream(lambda n: os.read(stdin.fileno(), n), stdout.write, stdout.flush)
+    return Agent(stream).serve()

@@ -1,0 +1,251 @@
+"""A node reached over SSH, served by `drsync agent` on the other end.
+
+One connection per node for the whole run: manifests are exchanged as indexes (entry lists only
+for versions that move), files stream in batches without a round trip per file, and a version's
+links are one request. The agent applies the same checks as a local receiver; this side validates
+everything it receives again (FAULTS A12) and re-reads the published state before reporting.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import manifest as mf
+from ..agent import protocol as p
+from ..agent.server import recv_file, send_file
+from ..errors import ConnectionFailure, UsageError
+from ..events import Events
+from ..plan import Options
+from ..publish import Received
+from ..scan import DatasetManifest
+from .ssh import open_channel, parse_spec
+
+
+class _Throttle:
+    """``--bwlimit``: keep the average rate of bytes written under ``rate`` bytes per second."""
+
+    def __init__(self, rate: int | None):
+        self.rate = rate
+        self.start = time.monotonic()
+        self.count = 0
+
+    def __call__(self, n: int) -> None:
+        if not self.rate:
+            return
+        self.count += n
+        ahead = self.count / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def _hint(channel, line: bytes) -> str:
+    status = channel.exit_status()
+    err = " ".join(channel.stderr().split())[:300]
+    if status == 127 or "not found" in err:
+        return ("drsync is not installed on the remote (or not on its PATH): install it there, or name it "
+                f"with --drsync-path ({err or 'exit 127'})")
+    if line:
+        return (f"the remote did not answer as a drsync agent; it printed {line[:80]!r} "
+                "(is the login shell printing text? is --drsync-path right?)")
+    return f"the remote agent exited before the handshake (status {status}; {err or 'no message'})"
+
+
+class Connection:
+    """A handshaken agent session: request/reply plus file streams."""
+
+    def __init__(self, channel, events: Events, bwlimit: int | None):
+        self.channel = channel
+        self.events = events
+        throttle = _Throttle(bwlimit)
+
+        def write(data: bytes) -> None:
+            throttle(len(data))
+            channel.write(data)
+
+        self.stream = p.Stream(channel.read, write, channel.flush)
+        try:
+            line = self.stream.read_line(256)
+        except p.ProtocolError:
+            line = b""
+        if not line.startswith(p.GREETING):
+            raise ConnectionFailure(_hint(channel, line))
+        try:
+            proto = int(line[len(p.GREETING):].split()[0])
+        except (ValueError, IndexError):
+            raise ConnectionFailure(f"malformed agent greeting {line[:80]!r}") from None
+        if proto != p.PROTOCOL:
+            raise ConnectionFailure(f"the remote drsync speaks agent protocol {proto}, this one {p.PROTOCOL}: "
+                                    "install the same drsync version on both nodes")
+        self.stream.send({"protocol": p.PROTOCOL})
+        p.raise_if_error(self.stream.recv())
+
+    def reply(self) -> dict:
+        reply = self.stream.recv()
+        for w in reply.get("warnings") or []:
+            self.events.warning(f"remote: {w}")
+        return p.raise_if_error(reply)
+
+    def call(self, **req) -> dict:
+        self.stream.send(req)
+        return self.reply()
+
+    def close(self) -> None:
+        try:
+            self.stream.send({"op": "bye"})
+            self.stream.recv()
+        except Exception:
+            pass
+        self.channel.close()
+
+
+def _man(doc: dict, drs: str, loader) -> DatasetManifest | None:
+    if doc.get("index") is None:
+        return None
+    man = DatasetManifest(drs, mf.index_from_json(doc["index"], drs), latest_is_dir=bool(doc.get("latest_is_dir")))
+    man._loader = loader
+    return man
+
+
+class RemoteDestination:
+    """A locked publish session run by the agent on the remote dataset."""
+
+    def __init__(self, node: RemoteNode, drs: str, manifest: DatasetManifest):
+        self.node = node
+        self.drs = drs
+        self.manifest = manifest
+
+    def receive(self, files: list[mf.Entry], src, drs: str, link=None) -> Received:
+        conn = self.node.conn
+        rows = mf.entries_to_json("0", files)["entries"]
+        conn.stream.send({"op": "dest_receive", "files": rows})
+        source = src.source(drs)
+        while True:
+            msg = conn.stream.recv()
+            if "need" not in msg:
+                for w in msg.get("warnings") or []:
+                    conn.events.warning(f"remote: {w}")
+                got = p.raise_if_error(msg)
+                return Received(int(got.get("files", 0)), int(got.get("bytes", 0)))
+            for i, offset in msg["need"]:
+                e = files[i]
+                send_file(conn.stream, source, e, offset)
+                conn.events.advance(e.size - offset)
+            conn.stream.flush()
+
+    def publish(self, versions, new_latest, delete_versions, delete_files, index: mf.Index) -> None:
+        self.node.conn.call(op="dest_publish",
+                            versions=[[v, mf.entries_to_json(v, es)["entries"]] for v, es in versions],
+                            new_latest=new_latest, delete_versions=list(delete_versions),
+                            delete_files=[list(x) for x in delete_files], index=mf.index_to_json(index))
+        # Trust, but verify: read the published index back (FAULTS F8).
+        back = self.node.conn.call(op="manifest", dest=True, **self.node.base(self.drs))
+        got = mf.index_from_json(back["index"], self.drs) if back.get("index") else None
+        if got is None or got.latest != index.latest or any(
+                got.versions.get(v) != index.versions[v] for v, _ in versions):
+            raise ConnectionFailure("the remote agent acknowledged a publish it did not make", dataset=self.drs)
+
+    def close(self) -> None:
+        try:
+            self.node.conn.call(op="dest_close")
+        except ConnectionFailure:
+            pass
+
+
+class RemoteNode:
+    """A node on another machine, driven through its agent."""
+
+    def __init__(self, spec: str, options: Options, events: Events | None = None):
+        self.spec = spec
+        self.parsed = parse_spec(spec)
+        self.options = options
+        self.events = events or Events()
+        channel = open_channel(self.parsed, backend=options.ssh_backend, drsync_path=options.drsync_path,
+                               accept_new=options.accept_new)
+        try:
+            self.conn = Connection(channel, self.events, options.bwlimit)
+        except BaseException:
+            channel.close()
+            raise
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.conn.channel.wire_bytes
+
+    def base(self, drs: str | None = None) -> dict:
+        d = {"root": self.parsed.path, "options": {"state_dir": self.options.state_dir, "fsync": self.options.fsync,
+                                                   "wait": self.options.wait}}
+        if drs is not None:
+            d["drs"] = drs
+        return d
+
+    def _loader(self, drs: str, dest: bool):
+        def load(version: str) -> list[mf.Entry]:
+            got = self.conn.call(op="entries", versions=[version], dest=dest, **self.base(drs))
+            rows = (got.get("versions") or {}).get(version)
+            if rows is None:
+                raise ConnectionFailure("the remote agent did not return the entries asked for", dataset=drs,
+                                        path=f"v{version}")
+            return mf.entries_from_json({"format": mf.FORMAT, "version": version, "entries": rows}, version, drs)
+        return load
+
+    # --- source half ---------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        got = self.conn.call(op="datasets", **self.base())
+        out = []
+        for d in got.get("datasets") or []:
+            if d != ".":
+                from ..layout import check_relpath
+
+                check_relpath(d)
+            out.append(d)
+        return out
+
+    def source_manifest(self, drs: str, *, save: bool) -> DatasetManifest:
+        got = self.conn.call(op="manifest", save=save, dest=False, **self.base(drs))
+        man = _man(got, drs, self._loader(drs, False))
+        if man is None:
+            raise ConnectionFailure("the remote agent returned no manifest", dataset=drs)
+        return man
+
+    def fetch_batch(self, drs: str):
+        conn = self.conn
+
+        def fetch(items):
+            conn.stream.send({"op": "send", "files": [[e.dir, e.file, e.size, off] for e, _, off in items],
+                              **self.base(drs)})
+            out = [recv_file(conn.stream, e, fd, off) for e, fd, off in items]
+            conn.reply()
+            return out
+        return fetch
+
+    def source(self, drs: str):
+        raise UsageError("a push sends from a local node; use pull to fetch from a remote one")
+
+    def linker(self, drs: str):
+        return None
+
+    def release_source(self, drs: str) -> None:
+        pass
+
+    # --- destination half ----------------------------------------------------------------------
+    def peek_destination(self, drs: str) -> DatasetManifest | None:
+        got = self.conn.call(op="manifest", dest=True, **self.base(drs))
+        return _man(got, drs, self._loader(drs, True))
+
+    def open_destination(self, drs: str) -> RemoteDestination:
+        got = self.conn.call(op="dest_open", **self.base(drs))
+        man = _man(got, drs, self._loader(drs, True))
+        if man is None:
+            man = DatasetManifest(drs, mf.Index())
+        return RemoteDestination(self, drs, man)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect_node(spec: str, options: Options, events: Events) -> RemoteNode:
+    return RemoteNode(spec, options, events)
+
+
+__all__ = ["RemoteNode", "RemoteDestination", "connect_node", "os"]

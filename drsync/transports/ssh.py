@@ -1,0 +1,369 @@
+"""SSH connections to a node: asyncssh (default) or paramiko, with verified host keys.
+
+Both backends read ``~/.ssh/config`` (Host aliases, HostName, Port, User, IdentityFile,
+IdentitiesOnly, UserKnownHostsFile), use the agent and keys, and verify the server's host key
+against known_hosts. An unknown key is refused unless ``--accept-new`` (OpenSSH's
+``StrictHostKeyChecking=accept-new``): then it is appended atomically and verified from then on. A
+changed key is always refused. Every failure here is a ConnectionFailure (exit 5).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shlex
+import threading
+from dataclasses import dataclass
+
+from ..errors import ConnectionFailure, UsageError
+
+_SPEC = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?:\[(?P<host6>[^\]/]+)\]|(?P<host>[^@/:\[\]]+))(?::(?P<port>\d+))?:(?P<path>.*)$")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    user: str | None
+    host: str
+    port: int | None
+    path: str
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.host}{port}:{self.path}"
+
+
+def parse_spec(spec: str) -> NodeSpec:
+    m = _SPEC.match(spec)
+    if not m:
+        raise UsageError(f"not a node spec: {spec!r} (want [user@]host[:port]:/path)")
+    path = m.group("path") or "."
+    return NodeSpec(m.group("user"), m.group("host6") or m.group("host"),
+                    int(m.group("port")) if m.group("port") else None, path)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect after ~/.ssh/config has been applied."""
+
+    alias: str
+    host: str
+    port: int
+    user: str | None
+    identities: tuple[str, ...]
+    identities_only: bool
+    known_hosts: tuple[str, ...]
+
+
+def _config_path() -> str:
+    return os.path.expanduser("~/.ssh/config")
+
+
+def resolve(spec: NodeSpec) -> Target:
+    """Apply ~/.ssh/config to ``spec`` (with paramiko's parser, which both backends share here so
+    that they connect to the same place with the same keys)."""
+    import paramiko
+
+    cfg = {}
+    path = _config_path()
+    if os.path.exists(path):
+        try:
+            cfg = paramiko.SSHConfig.from_path(path).lookup(spec.host)
+        except Exception as e:  # a broken config is the user's to fix: say so
+            raise UsageError(f"cannot read {path}: {e}") from None
+    host = cfg.get("hostname", spec.host)
+    port = spec.port or int(cfg.get("port", 22))
+    user = spec.user or cfg.get("user")
+    identities = tuple(os.path.expanduser(p) for p in cfg.get("identityfile", []))
+    only = str(cfg.get("identitiesonly", "no")).lower() == "yes"
+    known = cfg.get("userknownhostsfile")
+    files = tuple(os.path.expanduser(p) for p in (known.split() if isinstance(known, str) else known or [])) \
+        or (os.path.expanduser("~/.ssh/known_hosts"),)
+    return Target(spec.host, host, port, user, identities, only, files)
+
+
+def host_key_name(host: str, port: int) -> str:
+    """How OpenSSH names a host in known_hosts: ``host`` on port 22, else ``[host]:port``."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def fingerprint(key_blob: bytes) -> str:
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+
+
+def known_keys(files: tuple[str, ...], host: str, port: int) -> list[tuple[str, bytes]]:
+    """(type, blob) of every key recorded for host:port (hashed names included)."""
+    import paramiko
+
+    out = []
+    name = host_key_name(host, port)
+    for f in files:
+        if not os.path.exists(f):
+            continue
+        hk = paramiko.HostKeys(f)
+        entry = hk.lookup(name)
+        if entry:
+            out.extend((t, k.asbytes()) for t, k in entry.items())
+    return out
+
+
+def record_key(files: tuple[str, ...], host: str, port: int, key_type: str, blob: bytes) -> str:
+    """Append a key to the first known_hosts file atomically (temp + rename, mode 0600)."""
+    path = files[0]
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    old = b""
+    if os.path.exists(path):
+        with open(path, "rb") as fh:
+            old = fh.read()
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+    line = f"{host_key_name(host, port)} {key_type} {base64.b64encode(blob).decode()}\n".encode()
+    tmp = f"{path}.drsync-tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, old + line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def _unknown(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
+    return ConnectionFailure(
+        f"host key for {host_key_name(target.host, target.port)} is not in known_hosts "
+        f"({key_type} {fingerprint(blob)}); check it with the server's administrator, then add it "
+        f"(ssh-keyscan, or run once with --accept-new)")
+
+
+def _mismatch(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
+    return ConnectionFailure(
+        f"host key mismatch for {host_key_name(target.host, target.port)}: the server offers {key_type} "
+        f"{fingerprint(blob)}, which differs from known_hosts ({', '.join(target.known_hosts)}); "
+        f"it may be an attack, or the key was changed: verify, then edit known_hosts")
+
+
+class Channel:
+    """A byte stream to the remote agent's stdin/stdout, plus its stderr and exit status."""
+
+    def read(self, n: int) -> bytes: ...
+    def write(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def stderr(self) -> str: ...
+    def exit_status(self) -> int | None: ...
+    def close(self) -> None: ...
+    wire_bytes = 0
+
+
+# --- asyncssh ------------------------------------------------------------------------------------
+class AsyncsshChannel(Channel):
+    """asyncssh runs on an event loop in a helper thread; this wraps it in blocking calls."""
+
+    def __init__(self, target: Target, command: str, accept_new: bool, timeout: float):
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="drsync-asyncssh", daemon=True)
+        self.thread.start()
+        self.target = target
+        try:
+            self.conn, self.proc = self._call(self._open(command, accept_new), timeout + 5)
+        except BaseException:
+            self._stop()
+            raise
+
+    def _call(self, coro, timeout=None):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _open(self, command: str, accept_new: bool):
+        import asyncssh
+
+        t = self.target
+        existing = [f for f in t.known_hosts if os.path.exists(f)]
+        # Never None (that would disable verification): no file means no trusted key at all.
+        kwargs = dict(port=t.port, known_hosts=existing[0] if existing else ([], [], []),
+                      config=[], connect_timeout=20, keepalive_interval=15, keepalive_count_max=4,
+                      encryption_algs=["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                                       "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr"],
+                      compression_algs=None)
+        if t.user:
+            kwargs["username"] = t.user
+        if t.identities:
+            kwargs["client_keys"] = [p for p in t.identities if os.path.exists(p)]
+            if t.identities_only:
+                kwargs["agent_path"] = None
+        try:
+            conn = await asyncssh.connect(t.host, **kwargs)
+        except asyncssh.HostKeyNotVerifiable:
+            key = await asyncssh.get_server_host_key(t.host, t.port)
+            blob = key.public_data
+            ktype = key.get_algorithm()
+            if known_keys(t.known_hosts, t.host, t.port):
+                raise _mismatch(t, ktype, blob) from None
+            if not accept_new:
+                raise _unknown(t, ktype, blob) from None
+            record_key(t.known_hosts, t.host, t.port, ktype, blob)
+            kwargs["known_hosts"] = t.known_hosts[0]
+            conn = await asyncssh.connect(t.host, **kwargs)  # now verified against the recorded key
+        except asyncssh.PermissionDenied as e:
+            raise ConnectionFailure(f"authentication failed for {t.user or ''}@{t.host}:{t.port}: {e.reason}") from None
+        except (OSError, asyncssh.Error) as e:
+            raise ConnectionFailure(f"cannot connect to {t.host}:{t.port}: {e}") from None
+        proc = await conn.create_process(command, encoding=None)
+        return conn, proc
+
+    async def _write(self, data: bytes):
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
+
+    def read(self, n: int) -> bytes:
+        data = self._call(self.proc.stdout.read(n))
+        self.wire_bytes += len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.wire_bytes += len(data)
+        self._call(self._write(data))
+
+    def stderr(self) -> str:
+        try:
+            return self._call(self.proc.stderr.read(65536), 2).decode("utf-8", "replace")
+        except Exception:
+            return ""
+
+    def exit_status(self) -> int | None:
+        try:
+            self._call(self.proc.wait(), 5)
+        except Exception:
+            return None
+        return self.proc.exit_status
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write_eof()
+        except Exception:
+            pass
+        try:
+            self.conn.close()
+            self._call(self.conn.wait_closed(), 5)
+        except Exception:
+            pass
+        self._stop()
+
+    def _stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+# --- paramiko ------------------------------------------------------------------------------------
+class ParamikoChannel(Channel):
+    def __init__(self, target: Target, command: str, accept_new: bool, timeout: float):
+        import paramiko
+
+        self.target = target
+        client = paramiko.SSHClient()
+        for f in target.known_hosts:
+            if os.path.exists(f):
+                client.load_host_keys(f)
+        client.set_missing_host_key_policy(_AcceptNew(target) if accept_new else _Refuse(target))
+        try:
+            client.connect(target.host, port=target.port, username=target.user,
+                           key_filename=[p for p in target.identities if os.path.exists(p)] or None,
+                           look_for_keys=not target.identities_only, allow_agent=not target.identities_only,
+                           timeout=20, banner_timeout=20, auth_timeout=20)
+        except ConnectionFailure:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise _mismatch(target, e.key.get_name(), e.key.asbytes()) from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise ConnectionFailure(f"authentication failed for {target.user or ''}@{target.host}:{target.port}: {e}") from None
+        except (OSError, paramiko.SSHException) as e:
+            client.close()
+            raise ConnectionFailure(f"cannot connect to {target.host}:{target.port}: {e}") from None
+        transport = client.get_transport()
+        transport.set_keepalive(15)
+        self.client = client
+        self.chan = transport.open_session()
+        self.chan.exec_command(command)
+
+    def read(self, n: int) -> bytes:
+        data = self.chan.recv(n)
+        self.wire_bytes += len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.wire_bytes += len(data)
+        self.chan.sendall(data)
+
+    def stderr(self) -> str:
+        out = b""
+        self.chan.settimeout(2)
+        try:
+            while self.chan.recv_stderr_ready() or not self.chan.exit_status_ready():
+                b = self.chan.recv_stderr(65536)
+                if not b:
+                    break
+                out += b
+        except Exception:
+            pass
+        return out.decode("utf-8", "replace")
+
+    def exit_status(self) -> int | None:
+        if self.chan.exit_status_ready() or self.chan.status_event.wait(5):
+            return self.chan.recv_exit_status()
+        return None
+
+    def close(self) -> None:
+        try:
+            self.chan.shutdown_write()
+        except Exception:
+            pass
+        self.client.close()
+
+
+def _policy_base():
+    import paramiko
+
+    return paramiko.MissingHostKeyPolicy
+
+
+class _Refuse(_policy_base()):
+    def __init__(self, target: Target):
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key):
+        raise _unknown(self.target, key.get_name(), key.asbytes())
+
+
+class _AcceptNew(_policy_base()):
+    """OpenSSH's accept-new: record an unknown key (never a changed one: paramiko raises
+    BadHostKeyException before asking a policy about a known host)."""
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key):
+        record_key(self.target.known_hosts, self.target.host, self.target.port, key.get_name(), key.asbytes())
+
+
+def open_channel(spec: NodeSpec, *, backend: str, drsync_path: str, accept_new: bool,
+                 timeout: float = 30) -> Channel:
+    """Connect to ``spec``'s host and start ``<drsync_path> agent`` there."""
+    target = resolve(spec)
+    command = f"{drsync_path} agent"
+    if backend == "paramiko":
+        return ParamikoChannel(target, command, accept_new, timeout)
+    if backend != "asyncssh":
+        raise UsageError(f"unknown --ssh-backend {backend!r} (asyncssh or paramiko)")
+    return AsyncsshChannel(target, command, accept_new, timeout)
+
+
+def quote(path: str) -> str:
+    return shlex.quote(path)
