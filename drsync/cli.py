@@ -96,7 +96,8 @@ def _common(p: argparse.ArgumentParser, *, transfer: bool) -> None:
                    help="do not flush to disk (scratch copies only: not safe against power loss)")
     p.add_argument("--no-wait", dest="wait", action="store_false",
                    help="exit 7 instead of waiting when another run holds the destination's lock")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="files in flight at once (ssh)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="reserved for parallel SSH channels; files already stream "
+                   "back to back over one channel, so N is currently capped at 1")
     p.add_argument("--bwlimit", type=parse_rate, metavar="RATE", help="limit bandwidth, e.g. 20M (ssh)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: on when stderr is a terminal)")

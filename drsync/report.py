@@ -47,6 +47,8 @@ def to_json(result: RunResult) -> dict:
     if result.command in ("push", "pull") and not result.dry_run and result.transferred is not None:
         doc["transferred"] = {"files": result.transferred.files, "bytes": result.transferred.bytes,
                               "seconds": round(result.seconds, 6)}
+    if not result.durable and not result.dry_run:
+        doc["no_fsync"] = True  # --no-fsync: not flushed to disk
     if result.errors:
         doc["errors"] = [{"exit_code": e.exit_code, "dataset": e.dataset, "path": e.path, "message": e.message}
                          for e in result.errors]
@@ -102,6 +104,8 @@ def render_text(result: RunResult, *, verbose: bool = False) -> str:
     if result.transferred is not None and result.command in ("push", "pull") and not result.dry_run:
         x = result.transferred
         lines.append(f"transferred: {x.files} file(s), {human_bytes(x.bytes)} in {result.seconds:.2f} s")
+        if not result.durable:
+            lines.append("--no-fsync: nothing was flushed to disk; a power loss may lose or tear what was written")
     if result.plan.in_sync and not result.errors:
         lines.append("in sync: nothing to do")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ class RunResult:
     errors: list[DrsyncError] = field(default_factory=list)
     transferred: Received | None = None
     seconds: float = 0.0
+    durable: bool = True  # False with --no-fsync: the report says so
 
     @property
     def exit_code(self) -> int:
@@ -99,7 +100,7 @@ def _run(command: str, source: str, destination: str, options: Options, events: 
         raise UsageError("both nodes are remote; one side of a push or pull must be local")
     start = time.monotonic()
     result = RunResult(command, Plan(source, destination), dry_run=options.dry_run,
-                       transferred=None if options.dry_run else Received())
+                       transferred=None if options.dry_run else Received(), durable=options.fsync)
     plans: list[DatasetPlan] = []
     src = open_node(source, options, events)
     try:

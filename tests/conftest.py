@@ -19,3 +19,4 @@ def nodes(tmp_path):
     dst = str(tmp_path / "node-b")
     generated = treegen.make_node(src, treegen.TINY)
     return src, dst, generated
+from sshd import sshd_server, ssh_client_env  # noqa: E402,F401

@@ -221,13 +221,19 @@ class AsyncsshChannel(Channel):
         await self.proc.stdin.drain()
 
     def read(self, n: int) -> bytes:
-        data = self._call(self.proc.stdout.read(n))
+        try:
+            data = self._call(self.proc.stdout.read(n))
+        except Exception as e:
+            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
         self.wire_bytes += len(data)
         return data
 
     def write(self, data: bytes) -> None:
         self.wire_bytes += len(data)
-        self._call(self._write(data))
+        try:
+            self._call(self._write(data))
+        except Exception as e:
+            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
 
     def stderr(self) -> str:
         try:
@@ -294,13 +300,19 @@ class ParamikoChannel(Channel):
         self.chan.exec_command(command)
 
     def read(self, n: int) -> bytes:
-        data = self.chan.recv(n)
+        try:
+            data = self.chan.recv(n)
+        except Exception as e:
+            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
         self.wire_bytes += len(data)
         return data
 
     def write(self, data: bytes) -> None:
         self.wire_bytes += len(data)
-        self.chan.sendall(data)
+        try:
+            self.chan.sendall(data)
+        except Exception as e:
+            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
 
     def stderr(self) -> str:
         out = b""
