@@ -77,7 +77,9 @@ def parse_rate(text: str) -> int:
 def _common(p: argparse.ArgumentParser, *, transfer: bool) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (repeat for more)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--json", action="store_true", help="print one JSON object (drsync-report/1) on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (" + ("drsync-report/1" if transfer else
+                                                              "drsync-verify/1 or drsync-scan/1") + ")")
     p.add_argument("--dataset", action="append", default=[], metavar="GLOB",
                    help="only datasets whose DRS path matches GLOB (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -224,7 +226,8 @@ def cmd_transfer(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import verify
 
-    result = verify(args.path, checksum=args.checksum, state_dir=args.state_dir)
+    result = verify(args.path, checksum=args.checksum, state_dir=args.state_dir, datasets=tuple(args.dataset),
+                    exclude=tuple(args.exclude))
     if args.json:
         print(json.dumps({"format": "drsync-verify/1", "path": result.path, "datasets": result.datasets,
                           "checked_files": result.checked_files,

@@ -104,7 +104,10 @@ def _run(command: str, source: str, destination: str, options: Options, events: 
     plans: list[DatasetPlan] = []
     src = open_node(source, options, events)
     try:
-        selected = _select(src.datasets(), options)
+        found = src.datasets()
+        selected = _select(found, options)
+        if found and not selected:
+            events.warning("no dataset matches --dataset/--exclude; nothing to do")
         dst = open_node(destination, options, events)
         try:
             for drs in selected:

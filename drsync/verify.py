@@ -7,12 +7,13 @@ manifest (sizes always; every byte with ``checksum``). It only reads.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from dataclasses import dataclass, field
 
 from . import layout
-from .errors import DrsyncError, UnsafeInputError
+from .errors import DrsyncError, UnsafeInputError, UsageError
 from .fsutil import Dir
 from .scan import find_datasets, hash_file, list_versions
 from .state import StateDir
@@ -37,13 +38,21 @@ class VerifyResult:
         return 1 if self.findings else 0
 
 
-def verify(path: str, *, checksum: bool = False, state_dir: str | None = None) -> VerifyResult:
-    """Check every dataset below ``path``."""
-    root = Dir.open_root(path)
+def verify(path: str, *, checksum: bool = False, state_dir: str | None = None,
+           datasets: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> VerifyResult:
+    """Check every dataset below ``path`` (or those matching ``datasets`` and not ``exclude``)."""
+    try:
+        root = Dir.open_root(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError("no such directory to verify", path=path) from None
     result = VerifyResult(path)
     with root:
         for drs in find_datasets(root):
             name = drs or "."
+            if datasets and not any(fnmatch.fnmatchcase(name, g) for g in datasets):
+                continue
+            if any(fnmatch.fnmatchcase(name, g) for g in exclude):
+                continue
             result.datasets.append(name)
             with root.walk_to(drs) as ds:
                 _verify_dataset(ds, name, checksum, state_dir, result)

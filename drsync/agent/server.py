@@ -55,8 +55,8 @@ class Agent:
             raise UsageError("malformed request: root")
         opts = req.get("options") or {}
         options = Options(state_dir=opts.get("state_dir"), fsync=bool(opts.get("fsync", True)),
-                          wait=bool(opts.get("wait", True)))
-        key = (root, options.state_dir, options.fsync, options.wait)
+                          wait=bool(opts.get("wait", True)), checksum=bool(opts.get("checksum", False)))
+        key = (root, options.state_dir, options.fsync, options.wait, options.checksum)
         node = self.nodes.get(key)
         if node is None:
             node = self.nodes[key] = LocalNode(root, options, self.events)

@@ -181,7 +181,8 @@ class LocalNode:
             state = StateDir.open(ds, drs, self.options.state_dir, create=save)
         except (OSError, DrsyncError) as e:
             self.events.warning(f"{drs}: source manifest cache unavailable ({e}); scanning without it")
-        man = refresh(ds, drs, state, save=save, events=self.events, durable=self.options.fsync)
+        man = refresh(ds, drs, state, save=save, events=self.events, durable=self.options.fsync,
+                      checksum=self.options.checksum)
         self._open[drs] = (ds, man)
         return man
 
@@ -217,7 +218,7 @@ class LocalNode:
             return None
         with ds:
             state = StateDir.open(ds, drs, self.options.state_dir, create=False)
-            return refresh(ds, drs, state, save=False, loose=True, events=self.events)
+            return refresh(ds, drs, state, save=False, loose=True, events=self.events, checksum=self.options.checksum)
 
     def open_destination(self, drs: str) -> LocalDestination:
         """Create the dataset directory if needed, take its lock, clean up after a crashed run and
@@ -240,7 +241,10 @@ class LocalNode:
         try:
             receiver = Receiver(ds, state, drs, events=self.events, durable=self.options.fsync)
             receiver.recover()
-            man = refresh(ds, drs, state, save=True, loose=True, events=self.events, durable=self.options.fsync)
+            # With --checksum the rescan is compared, never saved over what was recorded: a
+            # corrupted file must stay visible to `verify`.
+            man = refresh(ds, drs, state, save=not self.options.checksum, loose=True, events=self.events,
+                          durable=self.options.fsync, checksum=self.options.checksum)
         except OSError as e:
             lock.release()
             ds.close()

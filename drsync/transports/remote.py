@@ -174,7 +174,8 @@ class RemoteNode:
 
     def base(self, drs: str | None = None) -> dict:
         d = {"root": self.parsed.path, "options": {"state_dir": self.options.state_dir, "fsync": self.options.fsync,
-                                                   "wait": self.options.wait}}
+                                                   "wait": self.options.wait,
+                                                   "checksum": self.options.checksum}}
         if drs is not None:
             d["drs"] = drs
         return d
