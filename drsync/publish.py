@@ -50,8 +50,10 @@ class Received:
 
 
 def _dest_error(e: OSError, drs: str, path: str) -> DrsyncError:
-    if e.errno == errno.ELOOP:
-        return UnsafeInputError("unsafe destination: a symlink where a directory was expected", dataset=drs, path=path)
+    # open(O_DIRECTORY|O_NOFOLLOW) on a symlink fails with ENOTDIR on Linux, not ELOOP
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafeInputError("unsafe destination: a symlink or non-directory where a directory was expected",
+                                dataset=drs, path=path)
     return DestinationIOError(e.strerror or str(e), dataset=drs, path=path)
 
 
@@ -250,9 +252,25 @@ class Receiver:
             files.close()
 
     # --- step 2: versions ------------------------------------------------------------------------
+    def _check_files_dirs(self, entries: list[mf.Entry]) -> None:
+        """Refuse to publish links into a ``files/<dir>`` that is a symlink (or not a directory):
+        the links would resolve outside the dataset. One lstat per directory, not per file."""
+        if not entries:
+            return
+        try:
+            with self.ds.open_dir(layout.FILES) as files:
+                for dirname in sorted({e.dir for e in entries}):
+                    st = files.try_lstat(dirname)
+                    if st is not None and not stat.S_ISDIR(st.st_mode):
+                        raise UnsafeInputError("unsafe destination: not a real directory", dataset=self.drs,
+                                               path=f"{layout.FILES}/{dirname}")
+        except OSError as err:
+            raise _dest_error(err, self.drs, layout.FILES) from err
+
     def publish_version(self, version: str, entries: list[mf.Entry]) -> None:
         """Build ``v<version>`` in staging, then rename it into place; never over anything."""
         vname = f"v{version}"
+        self._check_files_dirs(entries)
         staging = self.state.sub("staging")
         try:
             staging.remove_tree(vname)
@@ -282,17 +300,20 @@ class Receiver:
 
     # --- step 3: latest --------------------------------------------------------------------------
     def point_latest(self, version: str) -> None:
-        """Swap ``latest`` to ``v<version>`` atomically (new link beside it, renamed over it)."""
+        """Swap ``latest`` to ``v<version>`` atomically (new link made in staging, renamed over it)."""
         st = self.ds.try_lstat(layout.LATEST)
         if st is not None and not stat.S_ISLNK(st.st_mode):
             raise UnsafeInputError("destination `latest` is not a symlink; drsync will not replace it",
                                    dataset=self.drs, path=layout.LATEST)
         try:
-            if self.ds.try_lstat(LATEST_TMP) is not None:
-                self.ds.unlink(LATEST_TMP)
-            self.ds.symlink(f"v{version}", LATEST_TMP)
+            # The new link is made in staging (same filesystem: checked in __init__), not beside
+            # `latest`, so a kill here leaves residue only under the state dir (FAULTS §7.1 I6).
+            staging = self.state.sub("staging")
+            if staging.try_lstat(LATEST_TMP) is not None:
+                staging.remove_tree(LATEST_TMP)
+            staging.symlink(f"v{version}", LATEST_TMP)
             fault_point("latest_tmp")
-            self.ds.rename(LATEST_TMP, self.ds, layout.LATEST, replace=True)
+            staging.rename(LATEST_TMP, self.ds, layout.LATEST, replace=True)
             if self.durable:
                 self.ds.fsync()
         except OSError as err:

@@ -86,6 +86,8 @@ class DatasetManifest:
     _entries: dict[str, list[mf.Entry]] = field(default_factory=dict)
     _store: StateDir | None = None
     _loader: object = None  # version -> entries, for a manifest that lives on another machine
+    _ds: Dir | None = None  # the dataset, to rebuild a damaged stored entry list (FAULTS D7)
+    _repaired: dict[str, list[mf.Entry]] = field(default_factory=dict)
 
     def entries(self, version: str) -> list[mf.Entry]:
         got = self._entries.get(version)
@@ -98,10 +100,24 @@ class DatasetManifest:
                                            path=f"v{version}")
             else:
                 got = self._store.load_entries(version, info) if self._store else None
+                if got is None and self._ds is not None and self._ds.fd >= 0:
+                    got = self._rescan(version)
             if got is None:
                 raise UnsafeInputError("manifest entry list missing or damaged; run `drsync scan`",
                                        dataset=self.path, path=f"v{version}")
             self._entries[version] = got
+        return got
+
+    def _rescan(self, version: str) -> list[mf.Entry]:
+        """A missing or damaged stored entry list is never trusted: rebuild it from the tree."""
+        scanner = _Scanner(self._ds, self, None)
+        scanner._loaded_versions.add(version)  # never ask for the list being rebuilt
+        try:
+            got = scanner.scan_version(version)
+        finally:
+            scanner.close()
+        self.index.versions[version] = mf.version_info(got)
+        self._repaired[version] = got
         return got
 
     def real_files(self, version: str) -> dict[tuple[str, str], mf.Entry]:
@@ -284,17 +300,21 @@ def list_versions(ds: Dir, drs: str) -> set[str]:
 
 
 def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: bool = False,
-            events: Events | None = None, durable: bool = True) -> DatasetManifest:
+            events: Events | None = None, durable: bool = True, checksum: bool = False) -> DatasetManifest:
     """Bring a dataset's manifest up to date with its tree and return it.
+
+    With ``checksum`` nothing recorded is trusted: every version is rescanned and every real file
+    re-read (``--checksum``), so a flipped byte shows up as a conflict instead of "in sync".
 
     ``save`` writes the refreshed manifest back (best effort on a read-only source); ``loose``
     also records real files of versions not yet published (wanted on a destination only).
     """
     events = events or Events()
-    old = state.load_index() if state else None
+    old = state.load_index() if state and not checksum else None
     on_disk = list_versions(ds, drs)
-    kept = {v: i for v, i in (old.versions.items() if old else ()) if v in on_disk}
-    man = DatasetManifest(drs, mf.Index(None, kept), _store=state)
+    stored = state.stored_versions() if old else set()  # a missing entry list means: rescan
+    kept = {v: i for v, i in (old.versions.items() if old else ()) if v in on_disk and v in stored}
+    man = DatasetManifest(drs, mf.Index(None, kept), _store=state, _ds=ds)
     scanner = _Scanner(ds, man, old)
     new_entries: dict[str, list[mf.Entry]] = {}
     try:
@@ -307,6 +327,7 @@ def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: boo
     finally:
         scanner.close()
     latest, latest_is_dir = read_latest(ds, on_disk, drs, events)
+    new_entries.update(man._repaired)  # damaged lists rebuilt while scanning are saved too
     index = mf.Index(latest, man.index.versions, loose_files)
     man.index = index
     man.latest_is_dir = latest_is_dir

@@ -98,6 +98,15 @@ class StateDir:
             except (OSError, ValueError, UnsafeInputError, TypeError, AttributeError):
                 return None
 
+    def stored_versions(self) -> set[str]:
+        """The versions that have a stored entry list (one listdir: O(versions))."""
+        try:
+            with self.dir.open_dir("manifest") as mdir:
+                names = mdir.listdir()
+        except OSError:
+            return set()
+        return {n[1:-5] for n in names if n.startswith("v") and n.endswith(".json")}
+
     def load_entries(self, version: str, expect: mf.VersionInfo) -> list[mf.Entry] | None:
         """A stored entry list, or None if missing, corrupt, or not matching the index's digest."""
         try:
