@@ -261,6 +261,10 @@ def test_single_dataset_and_dataset_filter(nodes, tmp_path):
     assert [d["path"] for d in doc["datasets"]] == [one.drs]
     assert os.path.isdir(os.path.join(dst, one.drs))
     assert not os.path.exists(os.path.join(dst, other.drs))
+    code, doc, _ = cli_json("diff", "--json", "--exclude", "*/ds_1/*", src, dst)
+    assert code == 0 and [d["path"] for d in doc["datasets"]] == [one.drs]
+    code, doc, _ = cli_json("diff", "--json", src, dst)
+    assert code == 1 and by_path(doc)[other.drs]["versions_to_add"] == other.versions
     # a dataset directory as SRC and DST
     target = str(tmp_path / "single")
     r = run_drsync("push", other.path, target)
