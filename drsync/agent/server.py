@@ -14,6 +14,7 @@ from .. import __version__, layout
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
+from ..fsutil import fault_point
 from ..plan import Options
 from ..publish import SourceChanged
 from ..transports.local import LocalNode
@@ -225,6 +226,7 @@ def send_file(stream: p.Stream, src, e: mf.Entry, offset: int) -> None:
                 chunk = bytes(min(p.CHUNK, e.size - pos))
             stream.write_frame(b"D", chunk)
             pos += len(chunk)
+            fault_point("send_chunk")
     finally:
         os.close(fd)
 
@@ -248,6 +250,7 @@ def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
             n = os.pwrite(fd, view, pos)
             pos += n
             view = view[n:]
+        fault_point("recv_chunk")
     mode = head.get("mode")
     return mode if isinstance(mode, int) else 0o644
 
