@@ -146,15 +146,34 @@ def _mismatch(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
 
 
 class Channel:
-    """A byte stream to the remote agent's stdin/stdout, plus its stderr and exit status."""
+    """A byte stream to the remote agent's stdin/stdout, plus its stderr and exit status.
+    Backends implement ``_read``/``_write``; any failure there is a lost connection (exit 5)."""
 
-    def read(self, n: int) -> bytes: ...
-    def write(self, data: bytes) -> None: ...
+    target: Target
+    wire_bytes = 0
+
+    def _read(self, n: int) -> bytes: ...
+    def _write(self, data: bytes) -> None: ...
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self._read(n)
+        except Exception as e:
+            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
+        self.wire_bytes += len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.wire_bytes += len(data)
+        try:
+            self._write(data)
+        except Exception as e:
+            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
+
     def flush(self) -> None: ...
     def stderr(self) -> str: ...
     def exit_status(self) -> int | None: ...
     def close(self) -> None: ...
-    wire_bytes = 0
 
 
 # --- asyncssh ------------------------------------------------------------------------------------
@@ -216,24 +235,15 @@ class AsyncsshChannel(Channel):
         proc = await conn.create_process(command, encoding=None)
         return conn, proc
 
-    async def _write(self, data: bytes):
+    async def _send(self, data: bytes):
         self.proc.stdin.write(data)
         await self.proc.stdin.drain()
 
-    def read(self, n: int) -> bytes:
-        try:
-            data = self._call(self.proc.stdout.read(n))
-        except Exception as e:
-            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
-        self.wire_bytes += len(data)
-        return data
+    def _read(self, n: int) -> bytes:
+        return self._call(self.proc.stdout.read(n))
 
-    def write(self, data: bytes) -> None:
-        self.wire_bytes += len(data)
-        try:
-            self._call(self._write(data))
-        except Exception as e:
-            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
+    def _write(self, data: bytes) -> None:
+        self._call(self._send(data))
 
     def stderr(self) -> str:
         try:
@@ -299,20 +309,11 @@ class ParamikoChannel(Channel):
         self.chan = transport.open_session()
         self.chan.exec_command(command)
 
-    def read(self, n: int) -> bytes:
-        try:
-            data = self.chan.recv(n)
-        except Exception as e:
-            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
-        self.wire_bytes += len(data)
-        return data
+    def _read(self, n: int) -> bytes:
+        return self.chan.recv(n)
 
-    def write(self, data: bytes) -> None:
-        self.wire_bytes += len(data)
-        try:
-            self.chan.sendall(data)
-        except Exception as e:
-            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
+    def _write(self, data: bytes) -> None:
+        self.chan.sendall(data)
 
     def stderr(self) -> str:
         out = b""
