@@ -81,6 +81,11 @@ class Receiver:
         st = self.ds.try_lstat(LATEST_TMP)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             self.ds.unlink(LATEST_TMP)
+        # A manifest write killed between its temp file and the rename (fsutil.write_atomic).
+        mdir = self.state.sub("manifest")
+        for name in mdir.listdir():
+            if name.startswith(".") and ".tmp" in name:
+                mdir.unlink(name)
 
     # --- step 1: files ---------------------------------------------------------------------------
     def receive_files(self, files: list[mf.Entry], fetch: FetchBatch, *, link: Callable | None = None) -> Received:

@@ -135,7 +135,14 @@ def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: R
         return _checked(diff_dataset(sman, dst.peek_destination(drs), options), result)
     session = dst.open_destination(drs)
     try:
-        plan = _checked(diff_dataset(sman, session.manifest, options), result)
+        plan = diff_dataset(sman, session.manifest, options)
+        if plan.conflicts and not options.checksum and hasattr(session, "rescan"):
+            # FAULTS D7: confirm a conflict against the tree, not a stored index with a flipped byte
+            session.rescan()
+            plan = diff_dataset(sman, session.manifest, options)
+            if not plan.conflicts:
+                session.save_manifest()  # the stored index lied; the tree agrees with the source
+        plan = _checked(plan, result)
         if plan.error is None and not plan.conflicts and not plan.in_sync:
             _execute(plan, src, sman, session, options, events, result)
         return plan

@@ -115,8 +115,22 @@ class LocalDestination:
             self.receiver.point_latest(new_latest)
         if delete_versions or delete_files:
             self.receiver.delete(delete_versions, delete_files)
-        self.receiver.write_manifest(index, dict(versions))
+        # entry lists rebuilt while planning (damaged ones: FAULTS D7) are saved along with the new
+        self.receiver.write_manifest(index, {**self.manifest._repaired, **dict(versions)})
         self.receiver.recover()
+
+    def rescan(self) -> None:
+        """Rebuild the manifest from the tree alone (FAULTS D7: a conflict is never declared on the
+        word of the stored index, which a flipped byte may have changed). Saved only when asked,
+        by a caller that found the tree agreeing with the source: a corrupted file must stay
+        visible to `verify`, never be recorded as the truth."""
+        r = self.receiver
+        self.manifest = refresh(self.ds, r.drs, self.state, save=False, loose=True, events=r.events,
+                                durable=r.durable, checksum=True)
+
+    def save_manifest(self) -> None:
+        m = self.manifest
+        self.state.save(m.index, {v: m.entries(v) for v in m.index.versions}, durable=self.receiver.durable)
 
     def close(self) -> None:
         self._lock.release()
