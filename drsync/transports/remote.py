@@ -40,14 +40,14 @@ class _Throttle:
 
 
 def _hint(channel, line: bytes) -> str:
+    if line:  # the remote is alive and talking: do not wait for an exit status it will not send
+        return (f"the remote did not answer as a drsync agent; it printed {line[:80]!r} "
+                "(is the login shell printing text? is --drsync-path right?)")
     status = channel.exit_status()
     err = " ".join(channel.stderr().split())[:300]
     if status == 127 or "not found" in err:
         return ("drsync is not installed on the remote (or not on its PATH): install it there, or name it "
                 f"with --drsync-path ({err or 'exit 127'})")
-    if line:
-        return (f"the remote did not answer as a drsync agent; it printed {line[:80]!r} "
-                "(is the login shell printing text? is --drsync-path right?)")
     return f"the remote agent exited before the handshake (status {status}; {err or 'no message'})"
 
 

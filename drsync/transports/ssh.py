@@ -93,20 +93,69 @@ def fingerprint(key_blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
 
 
-def known_keys(files: tuple[str, ...], host: str, port: int) -> list[tuple[str, bytes]]:
-    """(type, blob) of every key recorded for host:port (hashed names included)."""
-    import paramiko
+def _host_matches(patterns: str, name: str) -> bool:
+    """OpenSSH known_hosts host field: comma-separated patterns (``*``/``?``, ``!`` negation) or
+    one hashed ``|1|salt|hash`` name."""
+    import hmac
 
+    if patterns.startswith("|1|"):
+        try:
+            _, _, salt, digest = patterns.split("|")
+            mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()
+            return hmac.compare_digest(mac, base64.b64decode(digest))
+        except (ValueError, TypeError):
+            return False
+    hit = False
+    for pat in patterns.split(","):
+        neg = pat.startswith("!")
+        body = pat[1:] if neg else pat  # only * and ? are wildcards ([host]:port is literal)
+        rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in body)
+        if re.fullmatch(rx, name, re.IGNORECASE):
+            if neg:
+                return False
+            hit = True
+    return hit
+
+
+def known_host_entries(files: tuple[str, ...], host: str, port: int) -> list[tuple[str | None, str, bytes]]:
+    """(marker, type, blob) of every known_hosts line naming host:port; marker is None,
+    "@revoked" or "@cert-authority". Lines drsync cannot read are skipped (never trusted).
+
+    Our own reader, on purpose: paramiko's parser fails on marker lines, and asyncssh's matcher
+    falls back to port-22 entries for another port (OpenSSH does not) and then loses the
+    ``@revoked`` entries of the port it was asked about."""
     out = []
     name = host_key_name(host, port)
     for f in files:
-        if not os.path.exists(f):
+        try:
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
             continue
-        hk = paramiko.HostKeys(f)
-        entry = hk.lookup(name)
-        if entry:
-            out.extend((t, k.asbytes()) for t, k in entry.items())
+        except OSError as e:
+            raise ConnectionFailure(f"cannot read known_hosts {f}: {e.strerror}") from None
+        for line in lines:
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            marker = fields.pop(0) if fields[0].startswith("@") else None
+            if len(fields) < 3 or not _host_matches(fields[0], name):
+                continue
+            try:
+                blob = base64.b64decode(fields[2], validate=True)
+            except ValueError:
+                continue
+            out.append((marker, fields[1], blob))
     return out
+
+
+def known_keys(files: tuple[str, ...], host: str, port: int) -> list[tuple[str, bytes]]:
+    """(type, blob) of every plain key recorded for host:port (hashed names included)."""
+    return [(t, b) for m, t, b in known_host_entries(files, host, port) if m is None]
+
+
+def revoked_keys(files: tuple[str, ...], host: str, port: int) -> set[bytes]:
+    return {b for m, _, b in known_host_entries(files, host, port) if m == "@revoked"}
 
 
 def record_key(files: tuple[str, ...], host: str, port: int, key_type: str, blob: bytes) -> str:
@@ -136,6 +185,12 @@ def _unknown(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
         f"host key for {host_key_name(target.host, target.port)} is not in known_hosts "
         f"({key_type} {fingerprint(blob)}); check it with the server's administrator, then add it "
         f"(ssh-keyscan, or run once with --accept-new)")
+
+
+def _revoked(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
+    return ConnectionFailure(
+        f"host key for {host_key_name(target.host, target.port)} is marked @revoked in known_hosts "
+        f"({key_type} {fingerprint(blob)}); refusing to connect")
 
 
 def _mismatch(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
@@ -218,16 +273,30 @@ class AsyncsshChannel(Channel):
         try:
             conn = await asyncssh.connect(t.host, **kwargs)
         except asyncssh.HostKeyNotVerifiable:
-            key = await asyncssh.get_server_host_key(t.host, t.port)
+            try:
+                key = await asyncssh.get_server_host_key(t.host, t.port)
+            except (OSError, asyncssh.Error) as e:
+                raise ConnectionFailure(f"cannot connect to {t.host}:{t.port}: {e}") from None
             blob = key.public_data
             ktype = key.get_algorithm()
+            if blob in revoked_keys(t.known_hosts, t.host, t.port):
+                raise _revoked(t, ktype, blob) from None
             if known_keys(t.known_hosts, t.host, t.port):
                 raise _mismatch(t, ktype, blob) from None
             if not accept_new:
                 raise _unknown(t, ktype, blob) from None
             record_key(t.known_hosts, t.host, t.port, ktype, blob)
             kwargs["known_hosts"] = t.known_hosts[0]
-            conn = await asyncssh.connect(t.host, **kwargs)  # now verified against the recorded key
+            try:
+                conn = await asyncssh.connect(t.host, **kwargs)  # now verified against the recorded key
+            except asyncssh.HostKeyNotVerifiable as e:
+                raise ConnectionFailure(f"host key for {host_key_name(t.host, t.port)} still not verifiable "
+                                        f"after recording it: {e}") from None
+            except asyncssh.PermissionDenied as e:
+                raise ConnectionFailure(f"authentication failed for {t.user or ''}@{t.host}:{t.port}: "
+                                        f"{e.reason}") from None
+            except (OSError, asyncssh.Error) as e:
+                raise ConnectionFailure(f"cannot connect to {t.host}:{t.port}: {e}") from None
         except asyncssh.PermissionDenied as e:
             raise ConnectionFailure(f"authentication failed for {t.user or ''}@{t.host}:{t.port}: {e.reason}") from None
         except (OSError, asyncssh.Error) as e:
@@ -246,6 +315,9 @@ class AsyncsshChannel(Channel):
         self._call(self._send(data))
 
     def stderr(self) -> str:
+        done = getattr(self, "_done", None)
+        if done is not None:  # proc.wait() collected what was left of stderr
+            return (done.stderr or b"").decode("utf-8", "replace")
         try:
             return self._call(self.proc.stderr.read(65536), 2).decode("utf-8", "replace")
         except Exception:
@@ -253,7 +325,7 @@ class AsyncsshChannel(Channel):
 
     def exit_status(self) -> int | None:
         try:
-            self._call(self.proc.wait(), 5)
+            self._done = self._call(self.proc.wait(), 5)
         except Exception:
             return None
         return self.proc.exit_status
@@ -282,9 +354,14 @@ class ParamikoChannel(Channel):
 
         self.target = target
         client = paramiko.SSHClient()
-        for f in target.known_hosts:
-            if os.path.exists(f):
-                client.load_host_keys(f)
+        # known_hosts is read by asyncssh's matcher: paramiko's own parser chokes on @revoked and
+        # @cert-authority lines. Both backends then trust exactly the same keys.
+        name = host_key_name(target.host, target.port)
+        for ktype, blob in known_keys(target.known_hosts, target.host, target.port):
+            try:
+                client.get_host_keys().add(name, ktype, paramiko.PKey.from_type_string(ktype, blob))
+            except Exception:  # a key type paramiko cannot load: it cannot match either
+                pass
         client.set_missing_host_key_policy(_AcceptNew(target) if accept_new else _Refuse(target))
         try:
             client.connect(target.host, port=target.port, username=target.user,
@@ -304,6 +381,11 @@ class ParamikoChannel(Channel):
             client.close()
             raise ConnectionFailure(f"cannot connect to {target.host}:{target.port}: {e}") from None
         transport = client.get_transport()
+        try:  # a key both listed and @revoked: revoked wins, as in OpenSSH
+            _refuse_revoked(target, transport.get_remote_server_key())
+        except ConnectionFailure:
+            client.close()
+            raise
         transport.set_keepalive(15)
         self.client = client
         self.chan = transport.open_session()
@@ -347,11 +429,17 @@ def _policy_base():
     return paramiko.MissingHostKeyPolicy
 
 
+def _refuse_revoked(target: Target, key) -> None:
+    if key.asbytes() in revoked_keys(target.known_hosts, target.host, target.port):
+        raise _revoked(target, key.get_name(), key.asbytes())
+
+
 class _Refuse(_policy_base()):
     def __init__(self, target: Target):
         self.target = target
 
     def missing_host_key(self, client, hostname, key):
+        _refuse_revoked(self.target, key)
         raise _unknown(self.target, key.get_name(), key.asbytes())
 
 
@@ -363,6 +451,7 @@ class _AcceptNew(_policy_base()):
         self.target = target
 
     def missing_host_key(self, client, hostname, key):
+        _refuse_revoked(self.target, key)
         record_key(self.target.known_hosts, self.target.host, self.target.port, key.get_name(), key.asbytes())
 
 
