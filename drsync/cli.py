@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 
@@ -67,11 +66,12 @@ class CliEvents(Events):
 
 def parse_rate(text: str) -> int:
     """``--bwlimit`` as rsync reads it: a number of KiB/s, or with a K/M/G suffix."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)(?:i?B?)?(?:/s)?", text.strip(), re.I)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 500K, 20M or 1G)")
-    scale = {"": 1024, "K": 1024, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
-    return int(float(m.group(1)) * scale)
+    from .rate import parse_rate as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _common(p: argparse.ArgumentParser, *, transfer: bool) -> None:
@@ -169,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build node A (the thetao example at two versions), diff and push to node "
                                    "B, add a third version, diff and push again, then verify.")
     p.add_argument("directory", nargs="?", metavar="DIR", help="where to build the nodes (default: a new temp dir)")
+
+    p = sub.add_parser("mirror", help="run the jobs of a jobs.toml file (cron, systemd timer, --every, Dask)",
+                       description="Run each named job of JOBS (source, destination, dataset globs, options) "
+                                   "once, under a lock per destination, with retries on connection failures, "
+                                   "a JSON-lines run log and Prometheus textfile metrics (docs/mirror.md). "
+                                   "Exit code: the highest of the jobs'.", epilog=EXIT_TABLE, formatter_class=fmt)
+    p.add_argument("jobs_file", metavar="JOBS", help="the jobs file (TOML)")
+    p.add_argument("--job", action="append", default=[], metavar="NAME", help="run only job NAME (repeatable)")
+    p.add_argument("--every", metavar="DURATION", help="keep running: start the jobs every DURATION (30s, 10m, 1h, 1d)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="print every job's plan and write nothing")
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="exit 7 instead of waiting when another run holds a destination's lock")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="fan out over a Dask distributed scheduler, e.g. tcp://HOST:8786 (one task per dataset)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print one JSON object per job run on stdout")
     return parser
 
 
@@ -273,6 +290,52 @@ def cmd_demo(args) -> int:
     return run_demo(directory, print)
 
 
+def cmd_mirror(args) -> int:
+    from .mirror import jobs as mj
+    from .mirror import runner
+
+    jobs = mj.load_jobs(args.jobs_file).select(args.job)
+    events = CliEvents(args.verbose, args.quiet, False)
+    if args.dry_run:
+        from .report import render_text, to_json
+
+        worst = 0
+        for job in jobs:
+            result = runner.plan_job(job, events)
+            if args.json:
+                print(json.dumps({"job": job.name, "dry_run": True, "report": to_json(result)}, ensure_ascii=True))
+            elif not args.quiet:
+                print(f"job {escape(job.name)} ({job.command}):")
+                print(render_text(result))
+            for e in result.errors:
+                print(f"drsync: error: job {escape(job.name)}: {e.line()}", file=sys.stderr)
+            worst = max(worst, result.exit_code)
+        return worst
+
+    def show(run) -> None:
+        if args.json:
+            print(json.dumps(run.record(), ensure_ascii=True), flush=True)
+        elif not args.quiet:
+            print(f"job {escape(run.job)}: {run.status}, {run.versions} version(s), {run.files} file(s), "
+                  f"{run.bytes} byte(s) in {run.end - run.start:.2f} s"
+                  + (f" after {run.attempts} attempts" if run.attempts > 1 else ""), flush=True)
+        for line in run.errors:
+            print(f"drsync: error: job {escape(run.job)}: {line}", file=sys.stderr, flush=True)
+
+    def one_round() -> int:
+        if args.scheduler:
+            from .mirror.dask import run_jobs_dask
+
+            runs = run_jobs_dask(jobs, args.scheduler, wait=args.wait, events=events, on_run=show)
+        else:
+            runs = runner.run_jobs(jobs, wait=args.wait, events=events, on_run=show)
+        return max((r.exit_code for r in runs), default=0)
+
+    if args.every:
+        runner.run_every(mj.parse_duration(args.every), one_round)
+    return one_round()
+
+
 def cmd_agent(args) -> int:
     from .agent.server import main as agent_main
 
@@ -280,7 +343,7 @@ def cmd_agent(args) -> int:
 
 
 COMMANDS = {"agent": cmd_agent, "diff": cmd_transfer, "push": cmd_transfer, "pull": cmd_transfer, "verify": cmd_verify,
-            "scan": cmd_scan, "demo": cmd_demo}
+            "scan": cmd_scan, "demo": cmd_demo, "mirror": cmd_mirror}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,16 @@ from __future__ import annotations
 import json
 import struct
 
-from ..errors import (ConflictError, ConnectionFailure, DestinationIOError, DrsyncError, IntegrityError,
-                      LockedError, UnsafeInputError, UsageError)
+from ..errors import (
+    ConflictError,
+    ConnectionFailure,
+    DestinationIOError,
+    DrsyncError,
+    IntegrityError,
+    LockedError,
+    UnsafeInputError,
+    UsageError,
+)
 
 PROTOCOL = 1
 GREETING = b"DRSYNC-AGENT/"
