@@ -5,7 +5,7 @@ The library API (the CLI is a thin layer over it)::
     import drsync
     result = drsync.diff("/data/node-a", "/data/node-b")     # the plan; writes nothing
     result = drsync.push("/data/node-a", "/data/node-b", drsync.Options(delete=False))
-    print(result.exit_code, result.transferred)
+    result.exit_code, result.transferred                       # 0, Received(files=..., bytes=...)
     report = drsync.verify("/data/node-b", checksum=True)
 """
 

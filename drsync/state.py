@@ -12,18 +12,15 @@ Layout of a state directory::
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import os
-import socket
 import stat
-import time
 
 import xxhash
 
 from . import manifest as mf
-from .errors import DestinationIOError, LockedError, UnsafeInputError
+from .errors import UnsafeInputError
 from .fsutil import Dir
+from .locking import Lock
 
 STATE = ".drsync"
 
@@ -134,7 +131,9 @@ class StateDir:
 
     # --- the lock -----------------------------------------------------------------------------
     def lock(self, *, wait: bool, poll: float = 0.2) -> Lock:
-        return Lock.acquire(self, wait=wait, poll=poll)
+        """The destination dataset's lock (``<state>/lock``): one writer at a time."""
+        return Lock.acquire(self.dir.fd, "lock", path=os.path.join(self.dir.path, "lock"), what="destination",
+                            wait=wait, poll=poll, dataset=self.drs)
 
 
 def _check_private(d: Dir, drs: str) -> None:
@@ -142,49 +141,3 @@ def _check_private(d: Dir, drs: str) -> None:
     if st.st_mode & 0o022:
         raise UnsafeInputError("unsafe destination: state directory is group- or world-writable",
                                dataset=drs, path=d.path)
-
-
-class Lock:
-    """An exclusive ``flock`` on ``<state>/lock``. The kernel drops it when the holder dies, so a
-    lock left by a killed run is never stale (FAULTS G2); the file names the holder for messages."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    @classmethod
-    def acquire(cls, state: StateDir, *, wait: bool, poll: float) -> Lock:
-        try:
-            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=state.dir.fd)
-        except OSError as e:
-            raise DestinationIOError(f"cannot open lock: {e.strerror}", dataset=state.drs,
-                                     path=os.path.join(state.dir.path, "lock")) from e
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown holder"
-                    os.close(fd)
-                    raise LockedError(f"destination is locked by {holder}", dataset=state.drs,
-                                      path=os.path.join(state.dir.path, "lock")) from None
-                time.sleep(poll)
-        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode(), 0)
-        return cls(fd)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            try:
-                os.ftruncate(self.fd, 0)
-            finally:
-                os.close(self.fd)  # closing drops the flock
-                self.fd = -1
-
-    def __enter__(self) -> Lock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
