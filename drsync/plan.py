@@ -110,7 +110,9 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
             new_entries.append(e)
             referenced_versions.add(e.dir.rpartition("_")[2])
     for v in referenced_versions & dv.keys():
-        held.update({e.real: (e.size, e.digest) for e in dst.entries(v)})
+        # A version on both sides without conflict has the same entry list on both: read the
+        # source's copy (local, often cached) instead of fetching the destination's over the wire.
+        held.update({e.real: (e.size, e.digest) for e in (src if v in sv else dst).entries(v)})
     send: dict[tuple[str, str], Entry] = {}
     for e in new_entries:
         if held.get(e.real) != (e.size, e.digest) and e.real not in send:
