@@ -85,6 +85,26 @@ def version_info(entries: list[Entry]) -> VersionInfo:
     return VersionInfo(version_digest(entries), len(entries), sum(e.size for e in entries))
 
 
+# --- sizes-only manifests (the SFTP fallback, DESIGN §2) ----------------------------------------
+# A tree walked over plain SFTP has no digests. Its entries carry UNKNOWN_DIGEST, which is not hex:
+# `make_entry`/`index_from_json` refuse it, so it can only come from an SFTP walk made in this
+# process, never from a file or an agent. Such a manifest is compared on sizes and link targets.
+UNKNOWN_DIGEST = "unknown"
+
+
+def size_digest(entries: list[Entry]) -> str:
+    """Digest of a version's names, targets and sizes only: what a sizes-only manifest can vouch for."""
+    h = xxhash.xxh3_128()
+    for e in sorted(entries, key=lambda e: (e.name, e.file)):
+        h.update(f"{e.name}\0{e.file}\0{e.dir}\0{e.size}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def size_info(entries: list[Entry]) -> VersionInfo:
+    """The index record of a sizes-only version (its digest is a size_digest)."""
+    return VersionInfo(size_digest(entries), len(entries), sum(e.size for e in entries))
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 

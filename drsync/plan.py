@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import layout
+from . import manifest as mf
 from .errors import DrsyncError, UnsafeInputError
 from .manifest import Entry
 from .scan import DatasetManifest
@@ -82,12 +83,27 @@ def _newer(a: str | None, b: str | None) -> bool:
     return b is None or layout.version_key(a) > layout.version_key(b)
 
 
+def _held(have: tuple[int, str] | None, e: Entry) -> bool:
+    """The destination holds ``e``'s real file: same size and digest (size only where a digest is
+    unknown, in a sizes-only manifest of the SFTP fallback)."""
+    if have is None or have[0] != e.size:
+        return False
+    return have[1] == e.digest or mf.UNKNOWN_DIGEST in (have[1], e.digest)
+
+
 def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Options = Options()) -> DatasetPlan:
     """Compare one dataset's manifests. Loads entry lists only for versions that must move."""
     sv = src.index.versions
     dv = dst.index.versions if dst else {}
     d_latest = dst.index.latest if dst else None
-    conflicts = tuple(layout.sort_versions(v for v in sv.keys() & dv.keys() if sv[v].digest != dv[v].digest))
+    if src.sizes_only or (dst is not None and dst.sizes_only):
+        # SFTP fallback: digests unknown on one side; compare names, link targets and sizes only
+        # (both sides reduced to a size digest), never digests that are unknown.
+        conflicts = tuple(layout.sort_versions(
+            v for v in sv.keys() & dv.keys()
+            if mf.size_digest(src.entries(v)) != mf.size_digest(dst.entries(v))))
+    else:
+        conflicts = tuple(layout.sort_versions(v for v in sv.keys() & dv.keys() if sv[v].digest != dv[v].digest))
     extras = tuple(layout.sort_versions(dv.keys() - sv.keys()))
     base = dict(path=src.path, latest_source=src.index.latest, latest_destination=d_latest,
                 extra_versions=extras)
@@ -115,7 +131,7 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
         held.update({e.real: (e.size, e.digest) for e in (src if v in sv else dst).entries(v)})
     send: dict[tuple[str, str], Entry] = {}
     for e in new_entries:
-        if held.get(e.real) != (e.size, e.digest) and e.real not in send:
+        if not _held(held.get(e.real), e) and e.real not in send:
             send[e.real] = e
 
     # `latest` moves to the source's (or, with --up-to, the newest replicated version), never back.

@@ -12,6 +12,7 @@ A kill anywhere leaves every visible ``v*`` whole and ``latest`` on a whole vers
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -26,6 +27,7 @@ from .errors import ConflictError, DestinationIOError, DrsyncError, IntegrityErr
 from .events import Events
 from .fsutil import Dir, fault_point
 from .scan import hash_fd
+from .scan import hash_file as hash_fd_at
 from .state import StateDir
 
 LATEST_TMP = ".latest.drsync-tmp"
@@ -66,6 +68,8 @@ class Receiver:
         self.drs = drs
         self.events = events or Events()
         self.durable = durable
+        # digests computed here for sizes-only entries (SFTP fallback source): (dir, file) -> digest
+        self.learned: dict[tuple[str, str], str] = {}
         if os.fstat(state.dir.fd).st_dev != os.fstat(ds.fd).st_dev:
             raise DestinationIOError("--state-dir must be on the same filesystem as the destination "
                                      "(renames into place must be atomic)", dataset=drs, path=state.dir.path)
@@ -200,7 +204,12 @@ class Receiver:
         failed = {id(e) for e, _ in bad}
         for e in batch:
             if id(e) not in failed:
-                if self._partial_digest(partial, e) != e.digest:
+                got_digest = self._partial_digest(partial, e)
+                if e.digest == mf.UNKNOWN_DIGEST:
+                    # a sizes-only source (SFTP fallback): only the size could be checked (above);
+                    # the digest of what arrived is what the destination manifest records
+                    self.learned[e.real] = got_digest
+                elif got_digest != e.digest:
                     bad.append((e, "digest mismatch: the source changed during transfer, or the link corrupts data"))
                 else:
                     fault_point("after_digest")
@@ -234,7 +243,7 @@ class Receiver:
                         # Already there (an interrupted run): keep it if it is the same bytes.
                         fd = d.open_read(e.file)
                         try:
-                            same = hash_fd(fd) == e.digest
+                            same = hash_fd(fd) == self.learned.get(e.real, e.digest)
                         finally:
                             os.close(fd)
                         if not same:
@@ -255,6 +264,38 @@ class Receiver:
             for d in touched.values():
                 d.close()
             files.close()
+
+    def resolve_digests(self, entries: list[mf.Entry], known: dict[tuple[str, str], tuple[int, str]]) -> list[mf.Entry]:
+        """Fill in the digests a sizes-only source could not give: learned while receiving, else
+        ``known`` (the destination manifest's, same size), else hashed from ``files/`` here."""
+        out = []
+        files: Dir | None = None
+        try:
+            for e in entries:
+                if e.digest == mf.UNKNOWN_DIGEST:
+                    digest = self.learned.get(e.real)
+                    have = known.get(e.real)
+                    if digest is None and have is not None and have[0] == e.size and have[1] != mf.UNKNOWN_DIGEST:
+                        digest = have[1]
+                    if digest is None:
+                        where = f"{layout.FILES}/{e.dir}/{e.file}"
+                        try:
+                            if files is None:
+                                files = self.ds.open_dir(layout.FILES)
+                            with files.open_dir(e.dir) as d:
+                                if d.lstat(e.file).st_size != e.size:
+                                    raise ConflictError("a different file is already published here",
+                                                        dataset=self.drs, path=where)
+                                digest = hash_fd_at(d, e.file)
+                        except OSError as err:
+                            raise _dest_error(err, self.drs, where) from err
+                        self.learned[e.real] = digest
+                    e = dataclasses.replace(e, digest=digest)
+                out.append(e)
+        finally:
+            if files is not None:
+                files.close()
+        return out
 
     # --- step 2: versions ------------------------------------------------------------------------
     def _check_files_dirs(self, entries: list[mf.Entry]) -> None:

@@ -83,6 +83,7 @@ class DatasetManifest:
     path: str  # DRS path
     index: mf.Index
     latest_is_dir: bool = False  # an old tree whose `latest` is a directory of links: read-only
+    sizes_only: bool = False  # walked over SFTP: some digests are mf.UNKNOWN_DIGEST (compare sizes)
     _entries: dict[str, list[mf.Entry]] = field(default_factory=dict)
     _store: StateDir | None = None
     _loader: object = None  # version -> entries, for a manifest that lives on another machine

@@ -175,8 +175,13 @@ def _execute(plan: DatasetPlan, src, sman: DatasetManifest, session, options: Op
         versions = dict(dman.index.versions)
         added = []
         for v in plan.versions_to_add:
-            added.append((v, sman.entries(v)))
-            versions[v] = sman.index.versions[v]
+            entries = sman.entries(v)
+            if sman.sizes_only:  # SFTP fallback source: the receiver knows the digests now
+                entries = session.resolve_digests(entries)
+                versions[v] = mf.version_info(entries)
+            else:
+                versions[v] = sman.index.versions[v]
+            added.append((v, entries))
         for v in plan.delete_versions:
             versions.pop(v, None)
         latest = plan.new_latest if plan.new_latest is not None else dman.index.latest

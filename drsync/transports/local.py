@@ -119,6 +119,14 @@ class LocalDestination:
         self.receiver.write_manifest(index, {**self.manifest._repaired, **dict(versions)})
         self.receiver.recover()
 
+    def resolve_digests(self, entries: list[Entry]) -> list[Entry]:
+        """Digests for entries of a sizes-only source (SFTP fallback): see Receiver.resolve_digests."""
+        known = {k: (x.size, x.digest) for k, x in self.manifest.index.loose.items()}
+        versions = {e.dir.rpartition("_")[2] for e in entries if e.digest == mf.UNKNOWN_DIGEST}
+        for v in versions & self.manifest.index.versions.keys():
+            known.update({x.real: (x.size, x.digest) for x in self.manifest.entries(v)})
+        return self.receiver.resolve_digests(entries, known)
+
     def rescan(self) -> None:
         """Rebuild the manifest from the tree alone (FAULTS D7: a conflict is never declared on the
         word of the stored index, which a flipped byte may have changed). Saved only when asked,

@@ -39,6 +39,13 @@ class _Throttle:
             time.sleep(ahead)
 
 
+_MISSING = "drsync is not installed on the remote"
+
+
+class AgentMissing(ConnectionFailure):
+    """The remote has no drsync (exit 127 or "not found"): connect_node falls back to SFTP."""
+
+
 def _hint(channel, line: bytes) -> str:
     if line:  # the remote is alive and talking: do not wait for an exit status it will not send
         return (f"the remote did not answer as a drsync agent; it printed {line[:80]!r} "
@@ -46,7 +53,7 @@ def _hint(channel, line: bytes) -> str:
     status = channel.exit_status()
     err = " ".join(channel.stderr().split())[:300]
     if status == 127 or "not found" in err:
-        return ("drsync is not installed on the remote (or not on its PATH): install it there, or name it "
+        return (f"{_MISSING} (or not on its PATH): install it there, or name it "
                 f"with --drsync-path ({err or 'exit 127'})")
     return f"the remote agent exited before the handshake (status {status}; {err or 'no message'})"
 
@@ -69,7 +76,8 @@ class Connection:
         except p.ProtocolError:
             line = b""
         if not line.startswith(p.GREETING):
-            raise ConnectionFailure(_hint(channel, line))
+            why = _hint(channel, line)
+            raise (AgentMissing if why.startswith(_MISSING) else ConnectionFailure)(why)
         try:
             proto = int(line[len(p.GREETING):].split()[0])
         except (ValueError, IndexError):
@@ -245,8 +253,20 @@ class RemoteNode:
         self.conn.close()
 
 
-def connect_node(spec: str, options: Options, events: Events) -> RemoteNode:
-    return RemoteNode(spec, options, events)
+def connect_node(spec: str, options: Options, events: Events):
+    """A RemoteNode over the agent; where the remote has no drsync, an SftpNode (DESIGN §2), said once.
+    The agent connection verified the host key before any fallback is tried."""
+    try:
+        return RemoteNode(spec, options, events)
+    except AgentMissing as missing:
+        from .sftp import SftpNode
+
+        try:
+            node = SftpNode(spec, options, events)
+        except ConnectionFailure as e:
+            raise ConnectionFailure(f"{missing.message}; the SFTP fallback failed too: {e.message}") from None
+        events.warning(f"{node.parsed.host}: no drsync on the remote; using the SFTP fallback (sizes only, slower)")
+        return node
 
 
-__all__ = ["RemoteNode", "RemoteDestination", "connect_node", "os"]
+__all__ = ["AgentMissing", "RemoteNode", "RemoteDestination", "connect_node", "os"]

@@ -348,45 +348,54 @@ class AsyncsshChannel(Channel):
 
 
 # --- paramiko ------------------------------------------------------------------------------------
+def paramiko_client(target: Target, accept_new: bool):
+    """A connected ``paramiko.SSHClient`` whose host key was verified against known_hosts (unknown:
+    refused unless ``accept_new``; changed or @revoked: always refused). Shared by the agent
+    channel and the SFTP fallback, so both trust exactly the same keys."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    # known_hosts is read by asyncssh's matcher: paramiko's own parser chokes on @revoked and
+    # @cert-authority lines. Both backends then trust exactly the same keys.
+    name = host_key_name(target.host, target.port)
+    for ktype, blob in known_keys(target.known_hosts, target.host, target.port):
+        try:
+            client.get_host_keys().add(name, ktype, paramiko.PKey.from_type_string(ktype, blob))
+        except Exception:  # a key type paramiko cannot load: it cannot match either
+            pass
+    client.set_missing_host_key_policy(_AcceptNew(target) if accept_new else _Refuse(target))
+    try:
+        client.connect(target.host, port=target.port, username=target.user,
+                       key_filename=[p for p in target.identities if os.path.exists(p)] or None,
+                       look_for_keys=not target.identities_only, allow_agent=not target.identities_only,
+                       timeout=20, banner_timeout=20, auth_timeout=20)
+    except ConnectionFailure:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as e:
+        client.close()
+        raise _mismatch(target, e.key.get_name(), e.key.asbytes()) from None
+    except paramiko.AuthenticationException as e:
+        client.close()
+        raise ConnectionFailure(f"authentication failed for {target.user or ''}@{target.host}:{target.port}: {e}") from None
+    except (OSError, paramiko.SSHException) as e:
+        client.close()
+        raise ConnectionFailure(f"cannot connect to {target.host}:{target.port}: {e}") from None
+    transport = client.get_transport()
+    try:  # a key both listed and @revoked: revoked wins, as in OpenSSH
+        _refuse_revoked(target, transport.get_remote_server_key())
+    except ConnectionFailure:
+        client.close()
+        raise
+    transport.set_keepalive(15)
+    return client
+
+
 class ParamikoChannel(Channel):
     def __init__(self, target: Target, command: str, accept_new: bool, timeout: float):
-        import paramiko
-
         self.target = target
-        client = paramiko.SSHClient()
-        # known_hosts is read by asyncssh's matcher: paramiko's own parser chokes on @revoked and
-        # @cert-authority lines. Both backends then trust exactly the same keys.
-        name = host_key_name(target.host, target.port)
-        for ktype, blob in known_keys(target.known_hosts, target.host, target.port):
-            try:
-                client.get_host_keys().add(name, ktype, paramiko.PKey.from_type_string(ktype, blob))
-            except Exception:  # a key type paramiko cannot load: it cannot match either
-                pass
-        client.set_missing_host_key_policy(_AcceptNew(target) if accept_new else _Refuse(target))
-        try:
-            client.connect(target.host, port=target.port, username=target.user,
-                           key_filename=[p for p in target.identities if os.path.exists(p)] or None,
-                           look_for_keys=not target.identities_only, allow_agent=not target.identities_only,
-                           timeout=20, banner_timeout=20, auth_timeout=20)
-        except ConnectionFailure:
-            client.close()
-            raise
-        except paramiko.BadHostKeyException as e:
-            client.close()
-            raise _mismatch(target, e.key.get_name(), e.key.asbytes()) from None
-        except paramiko.AuthenticationException as e:
-            client.close()
-            raise ConnectionFailure(f"authentication failed for {target.user or ''}@{target.host}:{target.port}: {e}") from None
-        except (OSError, paramiko.SSHException) as e:
-            client.close()
-            raise ConnectionFailure(f"cannot connect to {target.host}:{target.port}: {e}") from None
+        client = paramiko_client(target, accept_new)
         transport = client.get_transport()
-        try:  # a key both listed and @revoked: revoked wins, as in OpenSSH
-            _refuse_revoked(target, transport.get_remote_server_key())
-        except ConnectionFailure:
-            client.close()
-            raise
-        transport.set_keepalive(15)
         self.client = client
         self.chan = transport.open_session()
         self.chan.exec_command(command)
