@@ -104,7 +104,7 @@ class DatasetManifest:
                 if got is None and self._ds is not None and self._ds.fd >= 0:
                     got = self._rescan(version)
             if got is None:
-                raise UnsafeInputError("manifest entry list missing or damaged; run `drsync scan`",
+                raise UnsafeInputError("manifest entry list missing or damaged; `drsync scan` rebuilds it",
                                        dataset=self.path, path=f"v{version}")
             self._entries[version] = got
         return got
@@ -301,11 +301,15 @@ def list_versions(ds: Dir, drs: str) -> set[str]:
 
 
 def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: bool = False,
-            events: Events | None = None, durable: bool = True, checksum: bool = False) -> DatasetManifest:
+            events: Events | None = None, durable: bool = True, checksum: bool = False,
+            validate: bool = False) -> DatasetManifest:
     """Bring a dataset's manifest up to date with its tree and return it.
 
     With ``checksum`` nothing recorded is trusted: every version is rescanned and every real file
     re-read (``--checksum``), so a flipped byte shows up as a conflict instead of "in sync".
+
+    ``validate`` also reads every stored entry list and rebuilds a damaged one from the tree
+    (`drsync scan`: O(entries), where a plain refresh is O(versions)).
 
     ``save`` writes the refreshed manifest back (best effort on a read-only source); ``loose``
     also records real files of versions not yet published (wanted on a destination only).
@@ -328,6 +332,9 @@ def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: boo
     finally:
         scanner.close()
     latest, latest_is_dir = read_latest(ds, on_disk, drs, events)
+    if validate:
+        for v in list(kept):
+            man.entries(v)  # a damaged stored list is rebuilt from the tree (FAULTS D7)
     new_entries.update(man._repaired)  # damaged lists rebuilt while scanning are saved too
     index = mf.Index(latest, man.index.versions, loose_files)
     man.index = index

@@ -74,7 +74,10 @@ def scan(path: str, options: Options = Options(), events: Events | None = None) 
     """Refresh and save the manifest of every (selected) dataset below ``path``."""
     node = open_node(path, options, events or Events())
     try:
-        return [node.source_manifest(drs, save=True) for drs in _select(node.datasets(), options)]
+        # `scan` is the explicit refresh: it also checks every stored entry list (and rebuilds a
+        # damaged one), which push and diff skip to stay O(versions).
+        return [node.source_manifest(drs, save=True, **({"validate": True} if isinstance(node, LocalNode) else {}))
+                for drs in _select(node.datasets(), options)]
     finally:
         node.close()
 

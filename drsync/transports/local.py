@@ -194,7 +194,7 @@ class LocalNode:
             raise UsageError("source does not exist", path=self.path)
         return ["." if p == "" else p for p in find_datasets(root)]
 
-    def source_manifest(self, drs: str, *, save: bool) -> DatasetManifest:
+    def source_manifest(self, drs: str, *, save: bool, validate: bool = False) -> DatasetManifest:
         if drs in self._open:
             return self._open[drs][1]
         ds = self.root().walk_to(self._rel(drs))
@@ -204,7 +204,7 @@ class LocalNode:
         except (OSError, DrsyncError) as e:
             self.events.warning(f"{drs}: source manifest cache unavailable ({e}); scanning without it")
         man = refresh(ds, drs, state, save=save, events=self.events, durable=self.options.fsync,
-                      checksum=self.options.checksum)
+                      checksum=self.options.checksum, validate=validate)
         self._open[drs] = (ds, man)
         return man
 

@@ -102,8 +102,11 @@ def test_damaged_index_then_new_version_sends_only_new_files(tmp_path, how):
 
 @pytest.mark.parametrize("how", ["deleted", "truncated", "flipped-middle-byte"])
 def test_damaged_entry_lists_then_new_version(tmp_path, how):
-    """An older version's entry list (manifest/v<ver>.json) is damaged; the new version reuses
-    files of that version, so the plan needs them: rebuilt by scanning, not an error."""
+    """An older version's entry list (manifest/v<ver>.json) is damaged while a new version that
+    reuses its files arrives. The push sends exactly the new files (it plans from the source's copy
+    of the common versions and stays O(versions), so it need not read the damaged lists); a list
+    that is missing is rescanned at once; a damaged one is named by `verify` and rebuilt by
+    `drsync scan`, never trusted."""
     src, dst, gen = make_pair(str(tmp_path), SHAPE, published=SHAPE.versions)
     for ds in gen:
         ds.add_version()
@@ -117,5 +120,9 @@ def test_damaged_entry_lists_then_new_version(tmp_path, how):
     done = report(push(src, dst))
     assert done["transferred"]["files"] == len(missing)
     invariants.check(src, dst, before)
+    if how != "deleted":
+        v = invariants.run_drsync("verify", dst)
+        assert v.returncode == 1 and "manifest entry list missing or damaged" in v.stdout, v.stdout[-2000:]
+        assert invariants.run_drsync("scan", dst).returncode == 0
     invariants.check_converged(src, dst)
     assert_not_rewritten(kept, dst)
