@@ -57,7 +57,7 @@ class StateDir:
             _check_private(d, drs)
             return cls(d, drs)
         except OSError as e:
-            if e.errno == errno.ELOOP:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY|O_NOFOLLOW on a link: ENOTDIR
                 raise UnsafeInputError("unsafe destination: state directory is a symlink", dataset=drs,
                                        path=os.path.join(dataset.path, STATE)) from e
             raise
@@ -73,7 +73,7 @@ class StateDir:
             try:
                 d = self.dir.ensure_dir(name, 0o700)
             except OSError as e:
-                if e.errno == errno.ELOOP:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY|O_NOFOLLOW on a link: ENOTDIR
                     raise UnsafeInputError(f"unsafe destination: {STATE}/{name} is a symlink",
                                            dataset=self.drs, path=os.path.join(self.dir.path, name)) from e
                 raise
