@@ -45,6 +45,18 @@ class SourceChanged(Exception):
     """The source file no longer matches its manifest entry (size, or it vanished)."""
 
 
+def fetch_each(fetch: Callable[[mf.Entry, int, int], int], items: list[tuple[mf.Entry, int, int]]) -> list:
+    """A FetchBatch from a one-file ``fetch(entry, fd, offset) -> mode``, for sources whose files
+    are fetched one after another: a SourceChanged becomes that file's result, not an abort."""
+    out: list = []
+    for e, fd, offset in items:
+        try:
+            out.append(fetch(e, fd, offset))
+        except SourceChanged as why:
+            out.append(why)
+    return out
+
+
 @dataclass
 class Received:
     files: int = 0

@@ -17,7 +17,7 @@ from ..events import Events
 from ..fsutil import Dir, copy_fd, fault_point
 from ..manifest import Entry
 from ..plan import Options
-from ..publish import FetchBatch, Received, Receiver, SourceChanged, _dest_error
+from ..publish import FetchBatch, Received, Receiver, SourceChanged, _dest_error, fetch_each
 from ..scan import DatasetManifest, find_datasets, refresh
 from ..state import Lock, StateDir
 
@@ -68,13 +68,7 @@ class LocalSource:
 
     def fetch_batch(self, items: list[tuple[Entry, int, int]]) -> list:
         """The receiver's batch fetch (see publish.FetchBatch): one local copy after another."""
-        out: list = []
-        for e, fd, offset in items:
-            try:
-                out.append(self.fetch(e, fd, offset))
-            except SourceChanged as why:
-                out.append(why)
-        return out
+        return fetch_each(self.fetch, items)
 
     def link(self, e: Entry, partial: Dir, name: str) -> None:
         """Hard-link the source's real file as ``partial/name``."""

@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..events import Events
 from ..plan import Options
-from ..publish import LATEST_TMP, Received, Receiver, SourceChanged
+from ..publish import LATEST_TMP, Received, Receiver, SourceChanged, fetch_each
 from ..scan import DatasetManifest
 from .ssh import paramiko_client, parse_spec, resolve
 
@@ -303,13 +303,7 @@ class SftpSource:
         self.drs = drs
 
     def fetch_batch(self, items: list[tuple[mf.Entry, int, int]]) -> list:
-        out: list = []
-        for e, fd, offset in items:
-            try:
-                out.append(self.fetch(e, fd, offset))
-            except SourceChanged as why:
-                out.append(why)
-        return out
+        return fetch_each(self.fetch, items)
 
     def fetch(self, e: mf.Entry, fd: int, offset: int) -> int:
         sftp = self.node.sftp
