@@ -16,8 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import ConnectionFailure, UsageError
-from .known_hosts import (fingerprint, host_key_name, known_host_entries, known_keys,  # noqa: F401
-                          record_key, revoked_keys)
+from .known_hosts import fingerprint, host_key_name, known_host_entries, known_keys, record_key, revoked_keys  # noqa: F401
 
 _SPEC = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?:\[(?P<host6>[^\]/]+)\]|(?P<host>[^@/:\[\]]+))(?::(?P<port>\d+))?:(?P<path>.*)$")
 
