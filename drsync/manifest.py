@@ -142,12 +142,52 @@ def entries_from_json(doc, version: str, dataset: str | None) -> list[Entry]:
     rows = doc.get("entries", [])
     if not isinstance(rows, list):
         raise UnsafeInputError("malformed manifest: entries is not a list", dataset=dataset, path=f"v{version}")
-    entries = [make_entry(row, version, dataset) for row in rows]
-    seen: set[str] = set()
-    for e in entries:
-        if e.key in seen:
-            raise UnsafeInputError("duplicate entry in manifest", dataset=dataset, path=f"v{version}/{e.key}")
-        seen.add(e.key)
+    entries = []
+    targets: dict[tuple, bool] = {}  # (name, dir) pairs already found canonical: they repeat a lot
+    for row in rows:
+        if (type(row) is list and len(row) == 6 and (row[0], row[2]) in targets and type(row[1]) is str
+                and layout.plain_name(row[1]) and type(row[3]) is int and row[3] >= 0
+                and type(row[4]) is int and row[4] >= 0 and type(row[5]) is str and _HEX32.fullmatch(row[5])):
+            entries.append(Entry(*row))  # the fast path: the same checks as make_entry, cached
+            continue
+        e = make_entry(row, version, dataset)
+        targets[(e.name, e.dir)] = True
+        entries.append(e)
+    if len({(e.name, e.file) for e in entries}) != len(entries):
+        seen: set[str] = set()
+        for e in entries:
+            if e.key in seen:
+                raise UnsafeInputError("duplicate entry in manifest", dataset=dataset, path=f"v{version}/{e.key}")
+            seen.add(e.key)
+    return entries
+
+
+def owned(entries: list[Entry], version: str) -> list[Entry]:
+    """The entries of ``version`` whose real file lives in its own ``files/<name>_<version>/``:
+    the files that version added or changed. A later version that links into that directory
+    needs only these to know what a peer holding ``version`` already has."""
+    suffix = "_" + version
+    return [e for e in entries if e.dir.endswith(suffix)]
+
+
+def owned_to_json(version: str, of: str, entries: list[Entry]) -> dict:
+    """The stored owned-entries list of ``version`` (derived, never authoritative): ``of`` is the
+    index digest of the full list it was cut from, ``digest`` guards the rows themselves."""
+    doc = entries_to_json(version, entries)
+    doc["of"] = of
+    doc["digest"] = version_digest(entries)
+    return doc
+
+
+def owned_from_json(doc, version: str, of: str, dataset: str | None) -> list[Entry] | None:
+    """Parse a stored owned-entries list; None when it was cut from another entry list than the
+    one the index names now. Raises on a malformed or damaged one."""
+    if not isinstance(doc, dict) or doc.get("of") != of:
+        return None
+    entries = entries_from_json(doc, version, dataset)
+    suffix = "_" + version
+    if any(not e.dir.endswith(suffix) for e in entries) or version_digest(entries) != doc.get("digest"):
+        raise UnsafeInputError("malformed manifest: owned entry list", dataset=dataset, path=f"v{version}")
     return entries
 
 

@@ -125,10 +125,17 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
         for e in src.entries(v):
             new_entries.append(e)
             referenced_versions.add(e.dir.rpartition("_")[2])
-    for v in referenced_versions & dv.keys():
+    common_refs = referenced_versions & dv.keys()
+    if dst is not None and referenced_versions - common_refs - set(to_add):
+        # Links into files/ of a version the destination lacks (deleted there, or never a version
+        # of its own): what it holds of those can only be learnt from all its entry lists.
+        held.update({e.real: (e.size, e.digest) for v in dv for e in dst.entries(v)})
+    for v in common_refs:
         # A version on both sides without conflict has the same entry list on both: read the
-        # source's copy (local, often cached) instead of fetching the destination's over the wire.
-        held.update({e.real: (e.size, e.digest) for e in (src if v in sv else dst).entries(v)})
+        # local copy (the source's on a push) rather than fetching the other over the wire, and
+        # only its owned entries: a link into files/<name>_<v>/ can only match one of those.
+        side = src if v in sv and (src.local or not dst.local) else dst
+        held.update({e.real: (e.size, e.digest) for e in side.owned(v)})
     send: dict[tuple[str, str], Entry] = {}
     for e in new_entries:
         if not _held(held.get(e.real), e) and e.real not in send:

@@ -89,6 +89,7 @@ class DatasetManifest:
     _loader: object = None  # version -> entries, for a manifest that lives on another machine
     _ds: Dir | None = None  # the dataset, to rebuild a damaged stored entry list (FAULTS D7)
     _repaired: dict[str, list[mf.Entry]] = field(default_factory=dict)
+    _owned: dict[str, list[mf.Entry]] = field(default_factory=dict)
 
     def entries(self, version: str) -> list[mf.Entry]:
         got = self._entries.get(version)
@@ -107,6 +108,24 @@ class DatasetManifest:
                 raise UnsafeInputError("manifest entry list missing or damaged; `drsync scan` rebuilds it",
                                        dataset=self.path, path=f"v{version}")
             self._entries[version] = got
+        return got
+
+    @property
+    def local(self) -> bool:
+        """True when entry lists are read from this machine, not fetched from a peer."""
+        return self._loader is None
+
+    def owned(self, version: str) -> list[mf.Entry]:
+        """The entries of ``version`` whose real file is in its own files/ directories (mf.owned):
+        all a later version linking into them needs. Read from the small stored owned list when it
+        matches the index, so a new version costs O(its own files), not O(all entries)."""
+        got = self._owned.get(version)
+        if got is None:
+            if version not in self._entries and self._loader is None and self._store is not None:
+                got = self._store.load_owned(version, self.index.versions[version])
+            if got is None:
+                got = mf.owned(self.entries(version), version)
+            self._owned[version] = got
         return got
 
     def _rescan(self, version: str) -> list[mf.Entry]:
@@ -161,7 +180,7 @@ class _Scanner:
         if version in self.man.index.versions and version not in self._loaded_versions:
             self._loaded_versions.add(version)
             try:
-                for e in self.man.entries(version):
+                for e in self.man.owned(version):
                     self._known.setdefault(e.real, e)
             except UnsafeInputError:
                 pass
@@ -334,7 +353,9 @@ def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: boo
     latest, latest_is_dir = read_latest(ds, on_disk, drs, events)
     if validate:
         for v in list(kept):
-            man.entries(v)  # a damaged stored list is rebuilt from the tree (FAULTS D7)
+            entries = man.entries(v)  # a damaged stored list is rebuilt from the tree (FAULTS D7)
+            if state is not None and v not in man._repaired and state.load_owned(v, man.index.versions[v]) is None:
+                new_entries[v] = entries  # (re)writes the derived owned list too
     new_entries.update(man._repaired)  # damaged lists rebuilt while scanning are saved too
     index = mf.Index(latest, man.index.versions, loose_files)
     man.index = index

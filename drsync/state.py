@@ -4,6 +4,8 @@ Layout of a state directory::
 
     manifest/index.json        the small index (versions, latest, per-version digests, loose files)
     manifest/v<version>.json   one entry list per version
+    manifest/o<version>.json   the entries of that list whose real file is in the version's own
+                               files/ directories (derived; rebuilt from v<version>.json if bad)
     partial/                   files being received (resumed after a crash)
     staging/                   version directories being built
     lock                       flock()ed by the run writing this dataset
@@ -115,15 +117,29 @@ class StateDir:
             return None
         return entries
 
+    def load_owned(self, version: str, expect: mf.VersionInfo) -> list[mf.Entry] | None:
+        """The stored owned-entries list of a version (see mf.owned), or None if missing, damaged
+        or cut from another entry list than the index names."""
+        try:
+            with self.dir.open_dir("manifest") as mdir:
+                return mf.owned_from_json(mf.loads(mdir.read_bytes(f"o{version}.json")), version, expect.digest,
+                                          self.drs)
+        except (OSError, ValueError, UnsafeInputError, TypeError):
+            return None
+
     def save(self, index: mf.Index, new_entries: dict[str, list[mf.Entry]], *, durable: bool = True) -> None:
         """Write the entry lists first, then the index that refers to them (each atomically)."""
         mdir = self.sub("manifest")
         for version, entries in new_entries.items():
             mdir.write_atomic(f"v{version}.json", mf.dumps(mf.entries_to_json(version, entries)), durable=durable)
+            info = index.versions.get(version)
+            if info is not None:
+                own = mf.owned_to_json(version, info.digest, mf.owned(entries, version))
+                mdir.write_atomic(f"o{version}.json", mf.dumps(own), durable=durable)
         mdir.write_atomic("index.json", mf.dumps(mf.index_to_json(index)), durable=durable)
         # Entry lists of versions no longer in the index are dropped (a deleted version).
         for name in mdir.listdir():
-            if name.startswith("v") and name.endswith(".json") and name[1:-5] not in index.versions:
+            if name[:1] in ("v", "o") and name.endswith(".json") and name[1:-5] not in index.versions:
                 try:
                     mdir.unlink(name)
                 except FileNotFoundError:

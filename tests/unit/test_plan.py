@@ -335,3 +335,77 @@ def test_no_op_diff_loads_no_entry_list(tmp_path, monkeypatch):
     # while a real difference does load what it needs
     set_latest(d.path, f"v{d.versions[0]}")
     assert diff_dataset(sm, refresh(d.path)).new_latest == s.versions[-1]
+
+
+# --- a new version reads the owned lists of the versions it links into, not their whole lists ------
+
+
+def _count_loads(monkeypatch):
+    from drsync.state import StateDir
+
+    calls = {"entries": [], "owned": []}
+    real_entries, real_owned = StateDir.load_entries, StateDir.load_owned
+    monkeypatch.setattr(StateDir, "load_entries",
+                        lambda self, v, i: calls["entries"].append((self.drs, v)) or real_entries(self, v, i))
+    monkeypatch.setattr(StateDir, "load_owned",
+                        lambda self, v, i: calls["owned"].append(v) or real_owned(self, v, i))
+    return calls
+
+
+def test_new_version_reads_owned_lists_of_common_versions_only(tmp_path, monkeypatch):
+    s = gen(tmp_path / "a", 4)
+    d = gen(tmp_path / "b", 3)
+    reference = diff_dataset(*manifests(s.path, d.path))  # entry lists fresh from the scan
+    sm, dm = manifests(s.path, d.path)  # now both come from the saved state
+    calls = _count_loads(monkeypatch)
+    plan = diff_dataset(sm, dm)
+    assert plan.versions_to_add == (s.versions[3],)
+    # the full list of the new version only; the common versions it links into: their owned lists
+    assert [v for _, v in calls["entries"]] == [s.versions[3]]
+    assert set(calls["owned"]) <= set(s.versions[:3]) and calls["owned"]
+    assert sorted(e.real for e in plan.files_to_send) == sorted(e.real for e in reference.files_to_send)
+    assert {e.real for e in plan.files_to_send} == real_files(s.path, s.versions[3])
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "rows", "other-list"])
+def test_damaged_owned_list_falls_back_to_the_entry_list(tmp_path, monkeypatch, damage):
+    s = gen(tmp_path / "a", 4)
+    d = gen(tmp_path / "b", 3)
+    reference = diff_dataset(*manifests(s.path, d.path))
+    mdir = os.path.join(s.path, ".drsync", "manifest")
+    for v in s.versions[:3]:
+        p = os.path.join(mdir, f"o{v}.json")
+        if damage == "missing":
+            os.unlink(p)
+        elif damage == "garbage":
+            with open(p, "wb") as fh:
+                fh.write(b"{not json")
+        else:
+            import json
+
+            with open(p) as fh:
+                doc = json.load(fh)
+            if damage == "rows":
+                doc["entries"] = doc["entries"][1:]  # a row lost: its digest no longer matches
+            else:
+                doc["of"] = "0" * 32  # cut from another entry list than the index names
+            with open(p, "w") as fh:
+                json.dump(doc, fh)
+    sm, dm = manifests(s.path, d.path)
+    calls = _count_loads(monkeypatch)
+    plan = diff_dataset(sm, dm)
+    assert sorted(e.real for e in plan.files_to_send) == sorted(e.real for e in reference.files_to_send)
+    # the fallback read the whole lists of the referenced common versions
+    assert {v for _, v in calls["entries"]} - {s.versions[3]}
+
+
+def test_links_into_a_version_the_destination_lacks_use_all_its_lists(tmp_path):
+    # v3 links into files/x_2/, and no node has a version 2; the destination holds x_2/b through v4
+    v1 = {"x": {"a": ("1", b"a")}}
+    v4 = {"x": {"b": ("2", b"b")}}
+    a = build(str(tmp_path / "a"), {"1": v1, "3": {"x": {"a": ("1", b"a"), "b": ("2", b"b")}}, "4": v4})
+    b = build(str(tmp_path / "b"), {"1": v1, "4": v4})
+    plan = diff_dataset(refresh(a), refresh(b))
+    assert plan.versions_to_add == ("3",)
+    assert plan.files_to_send == ()  # x_2/b is already there, held by v4
+    assert plan.links_to_make == 2

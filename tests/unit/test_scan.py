@@ -149,7 +149,9 @@ def test_refresh_saves_index_and_entry_lists(one):
     gen, path = one
     refresh(path)
     mdir = os.path.join(path, ".drsync", "manifest")
-    assert sorted(os.listdir(mdir)) == sorted(["index.json"] + [f"v{v}.json" for v in gen.versions])
+    # an entry list per version, and the derived list of the entries each version owns
+    assert sorted(os.listdir(mdir)) == sorted(["index.json"] + [f"v{v}.json" for v in gen.versions]
+                                              + [f"o{v}.json" for v in gen.versions])
     with open(os.path.join(mdir, "index.json")) as fh:
         doc = json.load(fh)
     assert doc["format"] == "drsync-manifest/1"
@@ -501,8 +503,9 @@ def test_damaged_version_file_rebuilt_while_scanning_a_new_version(one, monkeypa
     refresh(path)
     victim = gen.versions[-1]
     p = os.path.join(path, ".drsync", "manifest", f"v{victim}.json")
-    with open(p, "wb") as fh:
-        fh.write(b"{}")
+    for name in (f"v{victim}.json", f"o{victim}.json"):  # the entry list and its owned list
+        with open(os.path.join(path, ".drsync", "manifest", name), "wb") as fh:
+            fh.write(b"{}")
     new = gen.add_version()  # references files of the damaged version: its digests are needed
     versions, _ = scan_counters(monkeypatch)
     man = refresh(path)
@@ -510,3 +513,21 @@ def test_damaged_version_file_rebuilt_while_scanning_a_new_version(one, monkeypa
     assert len(man.entries(new)) == man.index.versions[new].entries
     with open(p, "rb") as fh:
         assert json.loads(fh.read())["version"] == victim  # repaired on disk
+
+
+def test_owned_list_spares_reading_a_damaged_entry_list_when_scanning(one, monkeypatch):
+    gen, path = one
+    refresh(path)
+    victim = gen.versions[-1]
+    p = os.path.join(path, ".drsync", "manifest", f"v{victim}.json")
+    with open(p, "wb") as fh:
+        fh.write(b"{}")
+    new = gen.add_version()  # links into files of the damaged version: its owned list has the digests
+    versions, _ = scan_counters(monkeypatch)
+    hashes = hashed_files(monkeypatch)
+    man = refresh(path)
+    assert versions.calls == [new]
+    assert len(man.entries(new)) == man.index.versions[new].entries
+    # only the files new in `new` were hashed: the digests of the victim's came from its owned list
+    assert hashes and all(d.rpartition("_")[2] == new for d, _ in hashes)
+    assert len(man.entries(victim)) == man.index.versions[victim].entries  # rebuilt when needed
