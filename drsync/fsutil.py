@@ -8,13 +8,14 @@ replace would be unsafe. Nothing here follows a symlink while writing (DESIGN §
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import stat
 from collections.abc import Iterator
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library is already loaded into the interpreter: look symbols up there rather than pay
+# ctypes.util.find_library (which imports subprocess, shutil and tempfile: ~10 ms of start-up).
+_libc = ctypes.CDLL(None, use_errno=True)
 RENAME_NOREPLACE = 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -22,10 +23,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # os._exit(137) the n-th time the named step is reached. Read once; costs nothing when unset.
 _FAULT = os.environ.get("DRSYNC_FAULT", "")
 _fault_counts: dict[str, int] = {}
+# Test-only too: DRSYNC_FAULT_SLOW=step,step:seconds sleeps at those steps, widening windows that
+# last microseconds so that a randomly timed SIGKILL can land in them (the soak harness).
+_SLOW_STEPS, _, _SLOW_FOR = os.environ.get("DRSYNC_FAULT_SLOW", "").partition(":")
+_SLOW = frozenset(_SLOW_STEPS.split(",")) - {""}
 
 
 def fault_point(step: str) -> None:
     """Die here if the test-only fault hook names this step (a black-box SIGKILL stand-in)."""
+    if _SLOW and step in _SLOW:
+        import time
+
+        time.sleep(float(_SLOW_FOR or "0.1"))
     if not _FAULT:
         return
     name, _, nth = _FAULT.partition(":")

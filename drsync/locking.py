@@ -12,7 +12,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable
@@ -73,7 +72,7 @@ class Lock:
                     on_wait(holder)
                     told = True
                 time.sleep(poll)
-        doc = {"host": socket.gethostname(), "pid": os.getpid(), **(record or {}),
+        doc = {"host": os.uname().nodename, "pid": os.getpid(), **(record or {}),
                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(doc).encode() + b"\n", 0)

@@ -103,6 +103,9 @@ def _mismatch(target: Target, key_type: str, blob: bytes) -> ConnectionFailure:
         f"it may be an attack, or the key was changed: verify, then edit known_hosts")
 
 
+WRITE_BUFFER = 256 << 10
+
+
 class Channel:
     """A byte stream to the remote agent's stdin/stdout, plus its stderr and exit status.
     Backends implement ``_read``/``_write``; any failure there is a lost connection (exit 5)."""
@@ -122,13 +125,25 @@ class Channel:
         return data
 
     def write(self, data: bytes) -> None:
+        """Buffered: small frames (a file header, a 4 KiB file) go out together, so the cost of a
+        call into the SSH library is paid per WRITE_BUFFER bytes, not per frame."""
+        buf = self.__dict__.setdefault("_wbuf", bytearray())
+        buf += data
+        if len(buf) >= WRITE_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        buf = self.__dict__.get("_wbuf")
+        if not buf:
+            return
+        data = bytes(buf)
+        buf.clear()
         self.wire_bytes += len(data)
         try:
             self._write(data)
         except Exception as e:
             raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
 
-    def flush(self) -> None: ...
     def stderr(self) -> str: ...
     def exit_status(self) -> int | None: ...
     def close(self) -> None: ...
@@ -266,7 +281,7 @@ def paramiko_client(target: Target, accept_new: bool):
             client.get_host_keys().add(name, ktype, paramiko.PKey.from_type_string(ktype, blob))
         except Exception:  # a key type paramiko cannot load: it cannot match either
             pass
-    client.set_missing_host_key_policy(_AcceptNew(target) if accept_new else _Refuse(target))
+    client.set_missing_host_key_policy(_policy(target, accept_new))
     try:
         client.connect(target.host, port=target.port, username=target.user,
                        key_filename=[p for p in target.identities if os.path.exists(p)] or None,
@@ -335,36 +350,28 @@ class ParamikoChannel(Channel):
         self.client.close()
 
 
-def _policy_base():
-    import paramiko
-
-    return paramiko.MissingHostKeyPolicy
-
-
 def _refuse_revoked(target: Target, key) -> None:
     if key.asbytes() in revoked_keys(target.known_hosts, target.host, target.port):
         raise _revoked(target, key.get_name(), key.asbytes())
 
 
-class _Refuse(_policy_base()):
-    def __init__(self, target: Target):
-        self.target = target
+def _policy(target: Target, accept_new: bool):
+    """paramiko's missing-host-key policy: refuse (OpenSSH's ``yes``), or with ``accept_new``
+    record an unknown key (never a changed one: paramiko raises BadHostKeyException before asking
+    a policy about a known host). Built here so that importing this module never imports paramiko."""
+    import paramiko
 
-    def missing_host_key(self, client, hostname, key):
-        _refuse_revoked(self.target, key)
-        raise _unknown(self.target, key.get_name(), key.asbytes())
+    class Refuse(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            _refuse_revoked(target, key)
+            raise _unknown(target, key.get_name(), key.asbytes())
 
+    class AcceptNew(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            _refuse_revoked(target, key)
+            record_key(target.known_hosts, target.host, target.port, key.get_name(), key.asbytes())
 
-class _AcceptNew(_policy_base()):
-    """OpenSSH's accept-new: record an unknown key (never a changed one: paramiko raises
-    BadHostKeyException before asking a policy about a known host)."""
-
-    def __init__(self, target: Target):
-        self.target = target
-
-    def missing_host_key(self, client, hostname, key):
-        _refuse_revoked(self.target, key)
-        record_key(self.target.known_hosts, self.target.host, self.target.port, key.get_name(), key.asbytes())
+    return AcceptNew() if accept_new else Refuse()
 
 
 def open_channel(spec: NodeSpec, *, backend: str, drsync_path: str, accept_new: bool,

@@ -258,4 +258,4 @@ def test_audit_paramiko_uses_a_refusing_policy():
             return b"\0\0\0\x0bssh-ed25519" + b"\0\0\0 " + bytes(32)
 
     with pytest.raises(ConnectionFailure, match="not in known_hosts"):
-        ssh._Refuse(target).missing_host_key(None, "[127.0.0.1]:2222", Key())
+        ssh._policy(target, accept_new=False).missing_host_key(None, "[127.0.0.1]:2222", Key())
