@@ -581,6 +581,9 @@ class CaseRunner:
             warm(dst)
         if probe and self.b.relay is not None:
             self.b.relay.reset()
+        # Write back what preparing (or the previous contender) left dirty, outside the timing:
+        # otherwise a tool that flushes (drsync's syncfs) pays for the others' writes.
+        os.sync()
         wall, cpu, rss, rc, out, err = run_child(argv, env, self.b.logs, self._tag(f"{who.name}-r{rnd}"))
         run = Run(who.name, rnd, wall, cpu, rss, rc, out, err)
         run.payload, run.files = parse_output(who.tool, out)
@@ -778,9 +781,14 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
               "while that takes more than 0.3 s: someone else's mass delete makes file creation up to 20x slower "
               "for a minute or more, which would swamp any initial-copy measurement.",
               "* The source (and, except for initial copies, the destination) is read just before each timed run, "
-              "so every contender starts with a warm page cache.",
-              "* drsync runs as the CLI: `python -m drsync push --json --no-progress SRC DST` (over ssh: "
-              "`DST=drsync-test:PATH --ssh-backend B --drsync-path \"python -m drsync\"`), with its default "
+              "so every contender starts with a warm page cache; then `sync` writes back whatever preparation or "
+              "the previous contender left dirty (untimed), so no tool pays for another's writes.",
+              ("* drsync is installed as the README installs it (a fresh venv, `pip install .`) and runs as the CLI: "
+               "`drsync push --json --no-progress SRC DST` (over ssh: `DST=drsync-test:PATH --ssh-backend B "
+               "--drsync-path VENV/bin/drsync`)" if not args.in_place else
+               "* drsync runs as the CLI of this checkout (`--in-place`): `python -m drsync push --json --no-progress "
+               "SRC DST` (over ssh: `DST=drsync-test:PATH --ssh-backend B --drsync-path \"python -m drsync\"`)")
+              + ", with its default "
               "durability (batched fsync) unless `--drsync-arg=--no-fsync` is given"
               + (f"; this run: extra drsync args `{' '.join(args.drsync_arg)}`" if args.drsync_arg else "") + ". "
               "The source's manifest is built once before timing (`drsync scan`), as on a node drsync serves.",
@@ -913,6 +921,20 @@ def plot(path: Path, cases: list[Case], title_note: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def install_drsync(work: Path) -> None:
+    """Install drsync the way the README does (a venv, ``pip install .``, not editable) and run
+    that: its start-up is what users pay, not that of a development interpreter whose site-packages
+    import extra .pth hooks (an editable finder, certifi patches) before drsync even starts."""
+    global DRSYNC, DRSYNC_REMOTE
+    venv = work / "venv"
+    subprocess.run([PY, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(REPO)],
+                   check=True)
+    exe = str(venv / "bin" / "drsync")
+    DRSYNC, DRSYNC_REMOTE = [exe], exe
+    print(f"# drsync installed in {venv} (pip install {REPO})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -926,6 +948,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drsync-arg", action="append", default=[], metavar="ARG",
                     help="extra option for every timed drsync push (repeatable), e.g. --drsync-arg=--no-fsync")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (default: removed at the end)")
+    ap.add_argument("--in-place", action="store_true",
+                    help="run `python -m drsync` with this interpreter instead of a fresh `pip install .` venv")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown to write")
     args = ap.parse_args(argv)
     if args.runs is None:
@@ -951,6 +975,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = None
     done: list[Case] = []
     try:
+        if not args.in_place:
+            install_drsync(work)
         bench = Bench(work, args.drsync_arg)
         for c in cases:
             CaseRunner(bench, c, args.warmup, args.runs, args.probe).go()

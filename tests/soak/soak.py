@@ -73,6 +73,7 @@ class Figures:
         self.t_full: float = 0.0
         self.leftover = 0
         self.seconds = 0.0
+        self.widened_rounds = 0
 
     def violation(self, e: AssertionError) -> None:
         msg = str(e)
@@ -140,9 +141,17 @@ def _leftover(dst: str) -> int:
     return total
 
 
+# Steps whose window is microseconds wide: a kill at U(0, T_full) almost never lands there. In a
+# "widened" round the receiver sleeps at these fault points (DRSYNC_FAULT_SLOW, read by
+# drsync.fsutil.fault_point), so that random kills also hit "new v* visible", "latest moved" and
+# "manifest written"; the code run and the states a kill can leave are the same, only longer-lived.
+WIDEN_STEPS = "staging_done,after_version,after_latest,cleanup"
+
+
 def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for, env: dict,
-              after_kill=lambda: None, dst_path=None) -> None:
-    """FAULTS §7.2 with the multi-kill variant; ``argv_for(dst)`` builds the push command."""
+              after_kill=lambda: None, dst_path=None, widen: float = 0.0) -> None:
+    """FAULTS §7.2 with the multi-kill variant; ``argv_for(src, dst, slow)`` builds the push command
+    (``slow``: the DRSYNC_FAULT_SLOW value for the receiver, or "")."""
     src = os.path.join(work, "src")
     base = os.path.join(work, "base")
     (gen,) = treegen.make_node(src, SHAPE, versions=SHAPE.versions - 1)
@@ -160,9 +169,9 @@ def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for,
             shutil.rmtree(dst)
         shutil.copytree(base, dst, symlinks=True)
 
-    def start():
-        return subprocess.Popen(argv_for(src, dst), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, stdin=subprocess.DEVNULL)
+    def start(slow: str = ""):
+        return subprocess.Popen(argv_for(src, dst, slow), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(env, DRSYNC_FAULT_SLOW=slow), stdin=subprocess.DEVNULL)
 
     runs = []
     for _ in range(5):
@@ -176,8 +185,13 @@ def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for,
     fig.t_full = statistics.median(runs)
     log(f"{fig.name}: T_full {fig.t_full:.2f} s ({', '.join(f'{r:.2f}' for r in runs)})")
     t_start = time.monotonic()
+    pause = round(fig.t_full / 4, 3)
     while fig.kills < kills:
         fig.rounds += 1
+        widened = rng.random() < widen
+        slow = f"{WIDEN_STEPS}:{pause}" if widened else ""
+        window = fig.t_full + (4 * pause if widened else 0.0)
+        fig.widened_rounds += widened
         fresh()
         before = invariants.snapshot(dst)
         complete: dict[str, tuple[int, int]] = {}
@@ -189,9 +203,9 @@ def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for,
             needed = sum(sizes[p] for p in missing) - prev["partial"]
             fig.runs += 1
             t0 = time.monotonic()
-            p = start()
+            p = start(slow if kill else "")
             if kill:
-                time.sleep(max(0.0, t0 + rng.uniform(0, fig.t_full) - time.monotonic()))
+                time.sleep(max(0.0, t0 + rng.uniform(0, window) - time.monotonic()))
                 p.send_signal(signal.SIGKILL)  # a no-op if the push already finished
             out, err = p.communicate(timeout=300)
             took = time.monotonic() - t0
@@ -367,7 +381,8 @@ def _kib(n) -> str:
 def table(fig: Figures) -> str:
     n = max(fig.kills, 1)
     rows = [("runs (pushes started)", fig.runs), ("rounds (fresh destination each)", fig.rounds),
-            ("kills delivered (SIGKILL)", fig.kills)]
+            ("kills delivered (SIGKILL)", fig.kills),
+            ("rounds with widened windows (DRSYNC_FAULT_SLOW on the short publish steps)", fig.widened_rounds)]
     for ph in PHASES:
         rows.append((f"kills in phase: {ph}", fig.phases.get(ph, 0)))
     for inv in INVARIANTS:
@@ -443,6 +458,12 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
         f"{MULTI_KILL} (the multi-kill variant), then one push to completion. The checker "
         "(tests/invariants.py, I1–I6) runs after every kill; I7 (`diff` exit 0, `verify --checksum` exit 0, "
         "staging empty) after the completing push, plus the `<outside>` canary."),
+        (f"- Widened windows: in a fraction {args.widen} of the rounds the killed pushes run with "
+        f"`DRSYNC_FAULT_SLOW={WIDEN_STEPS}:T_full/4` (a test-only hook: the receiver sleeps at those fault "
+        "points, on the remote agent too) and the kill time is drawn from U(0, 2 T_full). The states between "
+        "two publish steps last microseconds, so without this a random kill almost never leaves a new "
+        "`v*` visible before `latest` moves; with it, every phase gets its share of kills. The code run is "
+        "the same; the completing push never sleeps."),
         ("- Phase of a kill: read from the disk after the kill, compared with the state before that run: "
         "the new version listed in `.drsync/manifest/index.json` → *manifest written / cleanup*; `latest` "
         "moved to it → *latest moved*; `v<new>` visible → *new v\\* visible*; `.drsync/staging` non-empty "
@@ -517,6 +538,8 @@ def main() -> int:
     ap.add_argument("--race-seconds", type=float, default=30.0, help="time cap per race target")
     ap.add_argument("--enospc-passes", type=int, default=10, help="disk-full passes (default 10)")
     ap.add_argument("--reader-versions", type=int, default=40, help="pushes watched by the G5 reader probe")
+    ap.add_argument("--widen", type=float, default=0.4,
+                    help="fraction of rounds whose short publish steps are slowed so kills land there (default 0.4)")
     ap.add_argument("--seed", type=int, default=20100101)
     ap.add_argument("--dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "reliability.md"))
@@ -531,7 +554,7 @@ def main() -> int:
         local = Figures("Local transport")
         os.makedirs(os.path.join(work, "local"))
         kill_loop(local, os.path.join(work, "local"), args.kills, rng,
-                  lambda s, d: [PY, "-m", "drsync", "push", "--json", s, d], env_with())
+                  lambda s, d, slow: [PY, "-m", "drsync", "push", "--json", s, d], env_with(), widen=args.widen)
         figs.append(local)
         if args.ssh_kills:
             from transport_helpers import wait_agents_gone
@@ -540,9 +563,10 @@ def main() -> int:
             fig = Figures("SSH transport (asyncssh, `drsync-test:` alias, remote agent)")
             os.makedirs(os.path.join(work, "ssh"))
             kill_loop(fig, os.path.join(work, "ssh"), args.ssh_kills, rng,
-                      lambda s, d: [PY, "-m", "drsync", "push", "--json", "--ssh-backend", "asyncssh",
-                                    "--drsync-path", AGENT, s, f"drsync-test:{d}"], env,
-                      after_kill=lambda: wait_agents_gone(server))
+                      lambda s, d, slow: [PY, "-m", "drsync", "push", "--json", "--ssh-backend", "asyncssh",
+                                          "--drsync-path", f"env DRSYNC_FAULT_SLOW={slow} {AGENT}" if slow else AGENT,
+                                          s, f"drsync-test:{d}"], env,
+                      after_kill=lambda: wait_agents_gone(server), widen=args.widen)
             figs.append(fig)
         race = race_figures(os.path.join(work, "race"), args.race_iters, args.race_seconds)
         enospc = enospc_figures(args.enospc_passes, rng)
