@@ -60,20 +60,54 @@ def _config_path() -> str:
     return os.path.expanduser("~/.ssh/config")
 
 
-def resolve(spec: NodeSpec) -> Target:
-    """Apply ~/.ssh/config to ``spec`` (with paramiko's parser, which both backends share here so
-    that they connect to the same place with the same keys)."""
+def _asyncssh_lookup(path: str, host: str) -> dict:
+    """``path`` applied to ``host`` by asyncssh's own parser, in paramiko's lookup() shape.
+
+    The asyncssh backend uses it so that it never imports paramiko (~0.1 s of start-up). Its
+    loader is not a documented API and its signature changed in 2.19: any surprise raises, and
+    the caller falls back to paramiko's parser."""
+    import getpass
+
+    from asyncssh.config import SSHClientConfig
+
+    cfg = SSHClientConfig.load(None, [path], False, False, False, getpass.getuser(), (), host, ())
+    out: dict = {"identityfile": list(cfg.get("IdentityFile", ()) or ()),
+                 "identitiesonly": "yes" if cfg.get("IdentitiesOnly") else "no"}
+    for key, name in (("hostname", "Hostname"), ("port", "Port"), ("user", "User"),
+                      ("userknownhostsfile", "UserKnownHostsFile")):
+        value = cfg.get(name)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _paramiko_lookup(path: str, host: str) -> dict:
     import paramiko
 
+    return paramiko.SSHConfig.from_path(path).lookup(host)
+
+
+def resolve(spec: NodeSpec, backend: str = "paramiko") -> Target:
+    """Apply ~/.ssh/config to ``spec``: with asyncssh's parser for the asyncssh backend, else (or
+    if that fails) paramiko's. Both follow OpenSSH's rules (first value wins, Host patterns,
+    %-expansion); the tests run the same aliases through both backends."""
     cfg = {}
     path = _config_path()
     if os.path.exists(path):
         try:
-            cfg = paramiko.SSHConfig.from_path(path).lookup(spec.host)
-        except Exception as e:  # a broken config is the user's to fix: say so
-            raise UsageError(f"cannot read {path}: {e}") from None
+            if backend != "asyncssh":
+                raise LookupError
+            cfg = _asyncssh_lookup(path, spec.host)
+        except Exception:
+            try:
+                cfg = _paramiko_lookup(path, spec.host)
+            except Exception as e:  # a broken config is the user's to fix: say so
+                raise UsageError(f"cannot read {path}: {e}") from None
     host = cfg.get("hostname", spec.host)
-    port = spec.port or int(cfg.get("port", 22))
+    try:
+        port = spec.port or int(cfg.get("port", 22))
+    except ValueError:
+        raise UsageError(f"cannot read {path}: bad Port {cfg.get('port')!r} for host {spec.host}") from None
     user = spec.user or cfg.get("user")
     identities = tuple(os.path.expanduser(p) for p in cfg.get("identityfile", []))
     only = str(cfg.get("identitiesonly", "no")).lower() == "yes"
@@ -377,7 +411,7 @@ def _policy(target: Target, accept_new: bool):
 def open_channel(spec: NodeSpec, *, backend: str, drsync_path: str, accept_new: bool,
                  timeout: float = 30) -> Channel:
     """Connect to ``spec``'s host and start ``<drsync_path> agent`` there."""
-    target = resolve(spec)
+    target = resolve(spec, backend)
     command = f"{drsync_path} agent"
     if backend == "paramiko":
         return ParamikoChannel(target, command, accept_new, timeout)
