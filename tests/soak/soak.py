@@ -145,7 +145,7 @@ def _leftover(dst: str) -> int:
 # "widened" round the receiver sleeps at these fault points (DRSYNC_FAULT_SLOW, read by
 # drsync.fsutil.fault_point), so that random kills also hit "new v* visible", "latest moved" and
 # "manifest written"; the code run and the states a kill can leave are the same, only longer-lived.
-WIDEN_STEPS = "staging_done,after_version,after_latest,cleanup"
+WIDEN_STEPS = "after_fsync,staging_done,after_version,after_latest,cleanup"
 
 
 def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for, env: dict,
@@ -190,7 +190,7 @@ def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for,
         fig.rounds += 1
         widened = rng.random() < widen
         slow = f"{WIDEN_STEPS}:{pause}" if widened else ""
-        window = fig.t_full + (4 * pause if widened else 0.0)
+        window = fig.t_full + (len(WIDEN_STEPS.split(",")) * pause if widened else 0.0)
         fig.widened_rounds += widened
         fresh()
         before = invariants.snapshot(dst)
@@ -460,7 +460,7 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
         "staging empty) after the completing push, plus the `<outside>` canary."),
         (f"- Widened windows: in a fraction {args.widen} of the rounds the killed pushes run with "
         f"`DRSYNC_FAULT_SLOW={WIDEN_STEPS}:T_full/4` (a test-only hook: the receiver sleeps at those fault "
-        "points, on the remote agent too) and the kill time is drawn from U(0, 2 T_full). The states between "
+        "points, on the remote agent too) and the kill time is drawn from U(0, 2.25 T_full). The states between "
         "two publish steps last microseconds, so without this a random kill almost never leaves a new "
         "`v*` visible before `latest` moves; with it, every phase gets its share of kills. The code run is "
         "the same; the completing push never sleeps."),
