@@ -347,10 +347,13 @@ COMMANDS = {"agent": cmd_agent, "diff": cmd_transfer, "push": cmd_transfer, "pul
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if (sys.argv[1:] if argv is None else argv) == ["agent"]:
+        command, args = cmd_agent, None  # the remote half, started per connection: no parser to build
+    else:
+        args = build_parser().parse_args(argv)
+        command = COMMANDS[args.command]
     try:
-        return COMMANDS[args.command](args)
+        return command(args)
     except DrsyncError as e:
         print(f"drsync: error: {e.line()}", file=sys.stderr)
         return e.exit_code
