@@ -278,8 +278,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 
 class Bench:
-    def __init__(self, work: Path, drsync_args: list[str]):
+    def __init__(self, work: Path, drsync_args: list[str], in_place: bool = False):
         self.work = work
+        self.floor_rows: list[tuple[str, float, float]] = []
         self.drsync_args = drsync_args
         self.logs = work / "logs"
         self.logs.mkdir()
@@ -292,7 +293,8 @@ class Bench:
         self.env = dict(os.environ)
         self.env.pop("SSH_AUTH_SOCK", None)
         self.env.pop("SSH_AGENT_PID", None)
-        self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
+        if in_place:  # else drsync runs from its own venv, as installed
+            self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
         self.env_wire = dict(self.env)
         self.wrapper = work / "rsswrap.py"
         self.wrapper.write_text(WRAPPER)
@@ -392,6 +394,32 @@ class Bench:
         cfg.write_text(sshd_mod.client_config_text(port, self.server.user, key, kh))
         os.chmod(cfg, 0o600)
         return home
+
+    def floors(self, ssh: bool, runs: int = 7) -> None:
+        """What no drsync run can go below on this machine (DESIGN §9's "floor"): interpreter and
+        import start-up, one SSH session (OpenSSH's own client), and a remote start of drsync. Each
+        timed ``runs`` times; min and median wall seconds."""
+        exe = DRSYNC[0] if len(DRSYNC) == 1 else None
+        py = str(Path(exe).parent / "python") if exe else PY
+        probes = [("python start-up, no imports (`python -S -c pass`)", [py, "-S", "-c", "pass"]),
+                  ("drsync start-up (`drsync --version`: interpreter + drsync's imports)", DRSYNC + ["--version"]),
+                  ("`import asyncssh` (paid by the default ssh backend)", [py, "-c", "import asyncssh"]),
+                  ("`import paramiko` (paid by --ssh-backend paramiko)", [py, "-c", "import paramiko"])]
+        if ssh:
+            cfg = self.ssh_config()
+            probes += [("one OpenSSH session running `true` (`ssh HOST true`: handshake, auth, remote shell)",
+                        ["ssh", "-F", cfg, ALIAS, "true"]),
+                       ("one OpenSSH session starting the remote drsync (`ssh HOST drsync --version`)",
+                        ["ssh", "-F", cfg, ALIAS, f"{DRSYNC_REMOTE} --version"])]
+        for what, argv in probes:
+            walls = []
+            for _ in range(runs):
+                wall, _cpu, _rss, rc, _out, err = run_child(argv, self.env, self.logs, "floor")
+                if rc != 0:
+                    raise RuntimeError(f"floor probe failed: {' '.join(argv)}: {err[-500:]}")
+                walls.append(wall)
+            self.floor_rows.append((what, min(walls), statistics.median(walls)))
+            print(f"# floor: {what}: min {min(walls):.3f} s, median {statistics.median(walls):.3f} s", flush=True)
 
     def ssh_config(self, wire: bool = False) -> str:
         return str((self.home_wire if wire else self.home) / ".ssh" / "config")
@@ -753,7 +781,7 @@ def machine_facts() -> list[tuple[str, str]]:
     ]
 
 
-def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, notes: list[str], png: str | None,
+def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, notes: list[str], floor_rows, png: str | None,
                    started: float) -> None:
     lines = ["# Benchmarks: drsync against `rsync -a` and `cp -a`", ""]
     if args.quick:
@@ -863,6 +891,13 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
         if c.checks:
             lines += ["", "Checks that failed (the run is suspect):", ""] + [f"* {x}" for x in c.checks]
         lines.append("")
+    if floor_rows:
+        lines += ["## Floors", "",
+                  "What every run pays before it does any work, measured in this run (wall seconds over 7 runs). "
+                  "A drsync run over ssh costs at least drsync's start-up + the SSH library's import + one SSH "
+                  "session starting the remote drsync; rsync pays one OpenSSH session and rsync's own start-up.",
+                  "", "| what | min s | median s |", "|---|---|---|"]
+        lines += [f"| {w} | {a:.3f} | {m:.3f} |" for w, a, m in floor_rows] + [""]
     lines += ["## Workloads", ""] + [f"* {n}" for n in notes] + ["", "## Raw wall times (s, in run order)", "",
                                                                   "<details><summary>all timed runs</summary>", ""]
     for c in cases:
@@ -977,7 +1012,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.in_place:
             install_drsync(work)
-        bench = Bench(work, args.drsync_arg)
+        bench = Bench(work, args.drsync_arg, args.in_place)
+        if any(c.transport == "ssh" for c in cases):
+            bench.start_ssh()
+        bench.floors(ssh=any(c.transport == "ssh" for c in cases))
         for c in cases:
             CaseRunner(bench, c, args.warmup, args.runs, args.probe).go()
             done.append(c)
@@ -985,7 +1023,8 @@ def main(argv: list[str] | None = None) -> int:
         png = out.with_suffix(".png")
         note = " — QUICK run, loaded machine" if args.quick else ""
         have_png = plot(png, done, note)
-        write_markdown(out, done, facts, cmdline, args, bench.notes, png.name if have_png else None, started)
+        write_markdown(out, done, facts, cmdline, args, bench.notes, bench.floor_rows, png.name if have_png else None,
+                       started)
         print(f"# wrote {out}" + (f" and {png}" if have_png else ""), flush=True)
         for c in done:
             for r in summarize(c):
