@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 from . import __version__
 from .errors import EXIT_CODES, DrsyncError, UsageError, escape
@@ -284,6 +283,8 @@ def cmd_scan(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
+
+    import tempfile
 
     directory = args.directory or tempfile.mkdtemp(prefix="drsync-demo-")
     os.makedirs(directory, exist_ok=True)
