@@ -185,12 +185,14 @@ def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for,
     fig.t_full = statistics.median(runs)
     log(f"{fig.name}: T_full {fig.t_full:.2f} s ({', '.join(f'{r:.2f}' for r in runs)})")
     t_start = time.monotonic()
-    pause = round(fig.t_full / 4, 3)
+    pause = round(max(0.5, fig.t_full), 3)
     while fig.kills < kills:
         fig.rounds += 1
         widened = rng.random() < widen
-        slow = f"{WIDEN_STEPS}:{pause}" if widened else ""
-        window = fig.t_full + (len(WIDEN_STEPS.split(",")) * pause if widened else 0.0)
+        step = rng.choice(WIDEN_STEPS.split(",")) if widened else ""
+        slow = f"{step}:{pause}" if widened else ""
+        # `cleanup` is also passed once at the start of a run (recover() runs first)
+        window = fig.t_full + (pause * (2 if step == "cleanup" else 1) if widened else 0.0)
         fig.widened_rounds += widened
         fresh()
         before = invariants.snapshot(dst)
@@ -459,8 +461,9 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
         "(tests/invariants.py, I1–I6) runs after every kill; I7 (`diff` exit 0, `verify --checksum` exit 0, "
         "staging empty) after the completing push, plus the `<outside>` canary."),
         (f"- Widened windows: in a fraction {args.widen} of the rounds the killed pushes run with "
-        f"`DRSYNC_FAULT_SLOW={WIDEN_STEPS}:T_full/4` (a test-only hook: the receiver sleeps at those fault "
-        "points, on the remote agent too) and the kill time is drawn from U(0, 2.25 T_full). The states between "
+        "`DRSYNC_FAULT_SLOW=<step>:P`, one step drawn at random per round from "
+        f"`{WIDEN_STEPS}` and P = max(0.5 s, T_full) (a test-only hook: the receiver sleeps at that fault "
+        "point, on the remote agent too), and the kill time is drawn from U(0, T_full + P). The states between "
         "two publish steps last microseconds, so without this a random kill almost never leaves a new "
         "`v*` visible before `latest` moves; with it, every phase gets its share of kills. The code run is "
         "the same; the completing push never sleeps."),
