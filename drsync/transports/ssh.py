@@ -60,6 +60,44 @@ def _config_path() -> str:
     return os.path.expanduser("~/.ssh/config")
 
 
+def _quick_find_library(name: str) -> str | None:
+    """ctypes.util.find_library without its fallbacks that spawn ldconfig, gcc and ld (tens of ms):
+    a glob of the usual library directories, plus LD_LIBRARY_PATH."""
+    import glob
+    import sysconfig
+
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    for base in ("/usr/local/lib", "/usr/lib", "/lib", "/usr/lib64", "/lib64"):
+        dirs += [os.path.join(base, arch), base] if arch else [base]
+    for d in dirs:
+        # the versioned name first, like the soname find_library returns (a bare libX.so may be
+        # a linker script)
+        found = sorted(glob.glob(os.path.join(d, f"lib{name}.so.*"))) or glob.glob(os.path.join(d, f"lib{name}.so"))
+        if found:
+            return os.path.basename(found[0])
+    return None
+
+
+def import_asyncssh():
+    """``import asyncssh``, without the ~20 ms its post-quantum shim spends at import time asking
+    ctypes.util.find_library for liboqs (which runs ldconfig and gcc). liboqs is still found, and
+    used, wherever it is installed in a library directory."""
+    import sys
+
+    if "asyncssh" in sys.modules:
+        return sys.modules["asyncssh"]
+    import ctypes.util
+
+    real = ctypes.util.find_library
+    ctypes.util.find_library = _quick_find_library
+    try:
+        import asyncssh
+    finally:
+        ctypes.util.find_library = real
+    return asyncssh
+
+
 def _asyncssh_lookup(path: str, host: str) -> dict:
     """``path`` applied to ``host`` by asyncssh's own parser, in paramiko's lookup() shape.
 
@@ -68,7 +106,7 @@ def _asyncssh_lookup(path: str, host: str) -> dict:
     the caller falls back to paramiko's parser."""
     import getpass
 
-    from asyncssh.config import SSHClientConfig
+    SSHClientConfig = import_asyncssh().config.SSHClientConfig
 
     cfg = SSHClientConfig.load(None, [path], False, False, False, getpass.getuser(), (), host, ())
     out: dict = {"identityfile": list(cfg.get("IdentityFile", ()) or ()),
@@ -206,7 +244,7 @@ class AsyncsshChannel(Channel):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _open(self, command: str, accept_new: bool):
-        import asyncssh
+        asyncssh = import_asyncssh()
 
         t = self.target
         existing = [f for f in t.known_hosts if os.path.exists(f)]

@@ -70,3 +70,20 @@ def test_asyncssh_path_never_imports_paramiko(home):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, HOME=str(home)))
     assert out.stdout.strip() == "False"
+
+
+def test_asyncssh_import_finds_libraries_without_spawning(monkeypatch):
+    import ctypes.util
+
+    from drsync.transports.ssh import _quick_find_library
+
+    # what asyncssh's liboqs lookup gets: the same answer as find_library for libraries that exist
+    # (a loadable soname), None for those that do not, and no subprocess either way
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("spawned a process"))
+    for name in ("c", "z"):
+        found = _quick_find_library(name)
+        assert found is not None and found.startswith(f"lib{name}.so.")
+        ctypes.CDLL(found)
+    assert _quick_find_library("drsync-no-such-library") is None
