@@ -13,6 +13,14 @@ if docker info >/dev/null 2>&1; then
 fi
 command -v dockerd >/dev/null || { echo "start-dockerd: no dockerd (apt-get install docker.io)" >&2; exit 1; }
 
+# A dockerd killed with its session leaves its pid file behind, and a new one refuses to start
+# ("pid file found, ensure docker is not running"): remove it when no such process exists.
+pidfile=/var/run/docker.pid
+if [ -s "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "start-dockerd: removing the stale $pidfile (pid $(cat "$pidfile") is gone)"
+    rm -f "$pidfile"
+fi
+
 nohup dockerd --iptables=false --ip6tables=false --bridge=none >"$log" 2>&1 </dev/null &
 pid=$!
 i=0
