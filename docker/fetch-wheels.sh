@@ -25,4 +25,8 @@ done
 "$python" -m pip download --quiet --disable-pip-version-check --dest "$here/wheels" \
     --only-binary=:all: --implementation cp --python-version "$target" $platforms \
     "$repo" 'setuptools>=61' wheel
-echo "fetch-wheels: $(ls "$here/wheels" | grep -c '\.whl$') wheel(s) in $here/wheels"
+count=0
+for wheel in "$here"/wheels/*.whl; do
+    [ -e "$wheel" ] && count=$((count + 1))
+done
+echo "fetch-wheels: $count wheel(s) in $here/wheels"
