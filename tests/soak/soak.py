@@ -541,8 +541,8 @@ def main() -> int:
     ap.add_argument("--race-seconds", type=float, default=30.0, help="time cap per race target")
     ap.add_argument("--enospc-passes", type=int, default=10, help="disk-full passes (default 10)")
     ap.add_argument("--reader-versions", type=int, default=40, help="pushes watched by the G5 reader probe")
-    ap.add_argument("--widen", type=float, default=0.4,
-                    help="fraction of rounds whose short publish steps are slowed so kills land there (default 0.4)")
+    ap.add_argument("--widen", type=float, default=0.7,
+                    help="fraction of rounds whose short publish steps are slowed so kills land there (default 0.7)")
     ap.add_argument("--seed", type=int, default=20100101)
     ap.add_argument("--dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "reliability.md"))
