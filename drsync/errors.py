@@ -40,9 +40,14 @@ def escape(text: object) -> str:
 
 
 class DrsyncError(Exception):
-    """Base class: a failure with an exit code and a one-line message."""
+    """Base class: a failure with an exit code and a one-line message.
+
+    ``retryable`` says whether trying again may succeed. Only a lost link is (ConnectionLost):
+    every other failure would fail the same way again, and a retry must never hide one.
+    """
 
     exit_code = 2
+    retryable = False
 
     def __init__(self, message: str, *, dataset: str | None = None, path: str | None = None):
         super().__init__(message)
@@ -83,9 +88,17 @@ class UnsafeInputError(DrsyncError):
 
 
 class ConnectionFailure(DrsyncError):
-    """Connection, authentication or host-key failure."""
+    """Connection, authentication or host-key failure. Permanent as such: a refused host key, a
+    failed authentication, an incompatible agent or a bad ssh configuration is not retried."""
 
     exit_code = 5
+
+
+class ConnectionLost(ConnectionFailure):
+    """The link failed, not the peer's answer: refused, reset, dropped, or silent for longer than
+    ``--timeout``. Retried with backoff (``--retries``); the retry resumes from the partial files."""
+
+    retryable = True
 
 
 class DestinationIOError(DrsyncError):

@@ -49,6 +49,12 @@ class ProtocolError(ConnectionFailure):
     """The peer broke the protocol (or is not a drsync agent)."""
 
 
+class PeerClosed(ProtocolError):
+    """The stream ended in the middle of the protocol: the link dropped or the peer died (retried)."""
+
+    retryable = True
+
+
 class Stream:
     """Blocking framed I/O over two byte-stream callables (``read(n)`` returns up to n bytes, b''
     at EOF; ``write(b)``; ``flush()``)."""
@@ -65,7 +71,7 @@ class Stream:
         while len(self._buf) < n:
             chunk = self._read(max(n - len(self._buf), 1 << 16))
             if not chunk:
-                raise ProtocolError("connection closed by the remote end")
+                raise PeerClosed("connection closed by the remote end")
             self._buf += chunk
         out = bytes(self._buf[:n])
         del self._buf[:n]

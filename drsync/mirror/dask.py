@@ -14,25 +14,23 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-import random
 import time
 from dataclasses import replace
 
 from .. import sync
 from ..errors import DrsyncError
 from ..events import Events, Recorder
+from ..retry import Retries
 from .jobs import Job
 from .lock import NodeLock
-from .runner import JobRun, Outcome, backoff, call_with_retries, finish, library_call, retryable, summarize
+from .runner import JobRun, Outcome, call_with_retries, finish, library_call, summarize
 
 
 def list_datasets(job: Job) -> tuple[tuple[str, ...], Outcome | None]:
     """(the job's selected DRS paths, None), or ((), the failure). Runs on a worker."""
-    rng = random.Random()
+    budget = Retries(job.retries, Events(), f"job {job.name}")
     start = time.time()
-    attempt = 0
     while True:
-        attempt += 1
         try:
             node = sync.open_node(job.source, job.options, Events())
             try:
@@ -44,10 +42,9 @@ def list_datasets(job: Job) -> tuple[tuple[str, ...], Outcome | None]:
                            and not any(fnmatch.fnmatchcase(p, g) for g in job.exclude))
             return chosen, None
         except DrsyncError as e:
-            if attempt > job.retries or not retryable([e]):
-                return (), Outcome(exit_code=e.exit_code, errors=(e.line(),), attempts=attempt, start=start,
+            if not budget.again(e):
+                return (), Outcome(exit_code=e.exit_code, errors=(e.line(),), attempts=budget.attempts, start=start,
                                    end=time.time())
-            time.sleep(backoff(attempt, rng))
 
 
 def mirror_dataset(job: Job, drs: str, wait: bool) -> Outcome:

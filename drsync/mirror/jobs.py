@@ -21,12 +21,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..errors import DrsyncError, UsageError
 from ..plan import Options
+from ..retry import DEFAULT_RETRIES
 from ..sync import check_version_option, is_remote
 
 JOB_KEYS = ("source", "destination", "datasets", "exclude", "options", "log", "metrics_dir", "retries")
 OPTION_KEYS = ("jobs", "bwlimit", "delete", "up_to", "checksum", "link", "fsync", "ssh_backend", "accept_new",
                "drsync_path", "state_dir")
-DEFAULT_RETRIES = 3
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,10 +1,11 @@
 """Run mirror jobs: one library push/pull per job under the node lock, with retries on connection
 failures, then one run-log line and a metrics update per job run.
 
-Only connection failures (exit 5) are retried, with exponential backoff and jitter: a conflict,
-unsafe input, an I/O or integrity error would fail the same way again, and a retry must never hide
-one of them. A run whose errors are all connection failures is retried as a whole; the datasets
-that already made it are no-ops the second time (the plan finds nothing to do).
+Only a lost connection is retried (drsync.retry: exponential backoff and jitter): a refused host
+key or login, a conflict, unsafe input, an I/O or integrity error would fail the same way again,
+and a retry must never hide one of them. A run whose errors are all lost connections is retried as
+a whole; the datasets that already made it are no-ops the second time (the plan finds nothing to
+do), and partial files are resumed.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .. import sync
-from ..errors import ConnectionFailure, DestinationIOError, DrsyncError
+from ..errors import DestinationIOError, DrsyncError
 from ..events import Events
+from ..retry import Retries, backoff, retryable  # noqa: F401  (backoff, retryable: re-exported)
 from . import metrics, runlog
 from .jobs import Job
 from .lock import NodeLock
-
-BACKOFF_BASE = 2.0  # seconds before the first retry
-BACKOFF_CAP = 300.0
 
 
 @dataclass(frozen=True)
@@ -72,27 +71,13 @@ def iso(t: float) -> str:
         .replace("+00:00", "Z")
 
 
-def backoff(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds to wait before retry ``attempt`` (1-based): exponential, with jitter in [50 %, 100 %]
-    so that many nodes cut off by one outage do not all reconnect in the same second."""
-    return min(cap, base * 2 ** (attempt - 1)) * (0.5 + rng.random() / 2)
-
-
-def retryable(errors: list[DrsyncError]) -> bool:
-    """Retry only when every error met is a connection failure (exit 5)."""
-    return bool(errors) and all(isinstance(e, ConnectionFailure) or e.exit_code == ConnectionFailure.exit_code
-                                for e in errors)
-
-
 def call_with_retries(call: Callable[[], sync.RunResult], *, retries: int, what: str, events: Events,
-                      sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> Outcome:
-    """Run ``call`` (a library push/pull) until it succeeds, fails for a reason other than the
+                      sleep: Callable[[float], None] | None = None, rng: random.Random | None = None) -> Outcome:
+    """Run ``call`` (a library push/pull) until it succeeds, fails for a reason other than a lost
     connection, or has been retried ``retries`` times. Returns the last attempt's outcome."""
-    rng = rng or random.Random()
+    budget = Retries(retries, events, what, sleep=sleep, rng=rng)
     start = time.time()
-    attempt = 0
     while True:
-        attempt += 1
         result = None
         try:
             result = call()
@@ -101,11 +86,8 @@ def call_with_retries(call: Callable[[], sync.RunResult], *, retries: int, what:
             errors = [e]
         except OSError as e:
             errors = [DestinationIOError(f"{e.strerror or e}", path=e.filename)]
-        if attempt > retries or not retryable(errors):
-            return _outcome(result, errors, attempt, start)
-        delay = backoff(attempt, rng)
-        events.warning(f"{what}: {errors[0].line()}; retry {attempt} of {retries} in {delay:.1f} s")
-        sleep(delay)
+        if not budget.again(errors):
+            return _outcome(result, errors, budget.attempts, start)
 
 
 def _outcome(result: sync.RunResult | None, errors: list[DrsyncError], attempts: int, start: float) -> Outcome:

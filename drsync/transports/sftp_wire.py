@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from ..errors import ConnectionFailure
+from ..errors import ConnectionLost
 
 try:
     from paramiko import SSHException as _SSHException
@@ -17,8 +17,8 @@ CHUNK = 256 << 10
 WINDOW = 64  # requests in flight when pipelining readlink / symlink
 
 
-def _lost(host: str, e: BaseException) -> ConnectionFailure:
-    return ConnectionFailure(f"connection to {host} lost: {e or type(e).__name__}")
+def _lost(host: str, e: BaseException) -> ConnectionLost:
+    return ConnectionLost(f"connection to {host} lost: {str(e) or type(e).__name__}")
 
 
 def _is_conn_error(e: BaseException, sftp) -> bool:

@@ -4,7 +4,8 @@ Both backends read ``~/.ssh/config`` (Host aliases, HostName, Port, User, Identi
 IdentitiesOnly, UserKnownHostsFile), use the agent and keys, and verify the server's host key
 against known_hosts. An unknown key is refused unless ``--accept-new`` (OpenSSH's
 ``StrictHostKeyChecking=accept-new``): then it is appended atomically and verified from then on. A
-changed key is always refused. Every failure here is a ConnectionFailure (exit 5).
+changed key is always refused. Every failure here is a ConnectionFailure (exit 5); a lost link
+(refused, reset, closed under a transfer) is its retryable kind, ConnectionLost (linkerrors).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import shlex
 import threading
 from dataclasses import dataclass
 
-from ..errors import ConnectionFailure, UsageError
+from ..errors import ConnectionFailure, DrsyncError, UsageError
 from .known_hosts import fingerprint, host_key_name, known_host_entries, known_keys, record_key, revoked_keys  # noqa: F401
+from .linkerrors import connect_failure, lost
 
 _SPEC = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?:\[(?P<host6>[^\]/]+)\]|(?P<host>[^@/:\[\]]+))(?::(?P<port>\d+))?:(?P<path>.*)$")
 
@@ -180,7 +182,8 @@ WRITE_BUFFER = 256 << 10
 
 class Channel:
     """A byte stream to the remote agent's stdin/stdout, plus its stderr and exit status.
-    Backends implement ``_read``/``_write``; any failure there is a lost connection (exit 5)."""
+    Backends implement ``_read``/``_write``; any failure there is a lost connection (exit 5,
+    retryable)."""
 
     target: Target
     wire_bytes = 0
@@ -191,8 +194,10 @@ class Channel:
     def read(self, n: int) -> bytes:
         try:
             data = self._read(n)
+        except DrsyncError:
+            raise
         except Exception as e:
-            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
+            raise lost(self.target.host, e) from None
         self.wire_bytes += len(data)
         return data
 
@@ -213,8 +218,10 @@ class Channel:
         self.wire_bytes += len(data)
         try:
             self._write(data)
+        except DrsyncError:
+            raise
         except Exception as e:
-            raise ConnectionFailure(f"connection to {self.target.host} lost: {e or type(e).__name__}") from None
+            raise lost(self.target.host, e) from None
 
     def stderr(self) -> str: ...
     def exit_status(self) -> int | None: ...
@@ -266,7 +273,7 @@ class AsyncsshChannel(Channel):
             try:
                 key = await asyncssh.get_server_host_key(t.host, t.port)
             except (OSError, asyncssh.Error) as e:
-                raise ConnectionFailure(f"cannot connect to {t.host}:{t.port}: {e}") from None
+                raise connect_failure(t.host, t.port, e) from None
             blob = key.public_data
             ktype = key.get_algorithm()
             if blob in revoked_keys(t.known_hosts, t.host, t.port):
@@ -286,12 +293,16 @@ class AsyncsshChannel(Channel):
                 raise ConnectionFailure(f"authentication failed for {t.user or ''}@{t.host}:{t.port}: "
                                         f"{e.reason}") from None
             except (OSError, asyncssh.Error) as e:
-                raise ConnectionFailure(f"cannot connect to {t.host}:{t.port}: {e}") from None
+                raise connect_failure(t.host, t.port, e) from None
         except asyncssh.PermissionDenied as e:
             raise ConnectionFailure(f"authentication failed for {t.user or ''}@{t.host}:{t.port}: {e.reason}") from None
         except (OSError, asyncssh.Error) as e:
-            raise ConnectionFailure(f"cannot connect to {t.host}:{t.port}: {e}") from None
-        proc = await conn.create_process(command, encoding=None)
+            raise connect_failure(t.host, t.port, e) from None
+        try:
+            proc = await conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as e:
+            conn.close()
+            raise connect_failure(t.host, t.port, e) from None
         return conn, proc
 
     async def _send(self, data: bytes):
@@ -368,9 +379,9 @@ def paramiko_client(target: Target, accept_new: bool):
     except paramiko.AuthenticationException as e:
         client.close()
         raise ConnectionFailure(f"authentication failed for {target.user or ''}@{target.host}:{target.port}: {e}") from None
-    except (OSError, paramiko.SSHException) as e:
+    except (OSError, EOFError, paramiko.SSHException) as e:
         client.close()
-        raise ConnectionFailure(f"cannot connect to {target.host}:{target.port}: {e}") from None
+        raise connect_failure(target.host, target.port, e) from None
     transport = client.get_transport()
     try:  # a key both listed and @revoked: revoked wins, as in OpenSSH
         _refuse_revoked(target, transport.get_remote_server_key())
@@ -383,12 +394,18 @@ def paramiko_client(target: Target, accept_new: bool):
 
 class ParamikoChannel(Channel):
     def __init__(self, target: Target, command: str, accept_new: bool, timeout: float):
+        import paramiko
+
         self.target = target
         client = paramiko_client(target, accept_new)
         transport = client.get_transport()
         self.client = client
-        self.chan = transport.open_session()
-        self.chan.exec_command(command)
+        try:
+            self.chan = transport.open_session()
+            self.chan.exec_command(command)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            client.close()
+            raise connect_failure(target.host, target.port, e) from None
 
     def _read(self, n: int) -> bytes:
         return self.chan.recv(n)

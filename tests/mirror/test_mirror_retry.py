@@ -128,10 +128,12 @@ def test_a_conflict_is_never_retried(tmp_path, sshd_server, ssh_client_env):
             for drs in mu.datasets_under(tmp_path / "a")} == before
 
 
-def test_only_connection_failures_are_retryable():
-    from drsync.errors import ConflictError, LockedError, UnsafeInputError
+def test_only_lost_connections_are_retryable():
+    from drsync.errors import ConflictError, ConnectionLost, LockedError, UnsafeInputError
 
-    assert retryable([ConnectionFailure("x"), ConnectionFailure("y")])
+    assert retryable([ConnectionLost("x"), ConnectionLost("y")])
     assert not retryable([])
-    assert not retryable([ConnectionFailure("x"), ConflictError("y")])
+    assert not retryable([ConnectionLost("x"), ConflictError("y")])
     assert not retryable([UnsafeInputError("x")]) and not retryable([LockedError("x")])
+    # host key, authentication, agent handshake: exit 5 too, but permanent (FAULTS F9)
+    assert not retryable([ConnectionFailure("host key mismatch")])
