@@ -14,6 +14,9 @@ import sys
 from . import __version__
 from .errors import EXIT_CODES, DrsyncError, UsageError, escape
 from .events import Events
+from .plan import Options
+
+DEFAULT_TIMEOUT = Options.timeout
 
 EXIT_INTERRUPTED = 20
 
@@ -73,6 +76,15 @@ def parse_rate(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _timeout(text: str) -> float:
+    from .sync import check_timeout
+
+    try:
+        return check_timeout(float(text))
+    except (ValueError, DrsyncError):
+        raise argparse.ArgumentTypeError(f"want seconds: 0 (never) or from 1 to 86400, not {text!r}") from None
+
+
 def _common(p: argparse.ArgumentParser, *, transfer: bool) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (repeat for more)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -114,6 +126,11 @@ def _ssh(p: argparse.ArgumentParser) -> None:
                         "StrictHostKeyChecking=accept-new")
     g.add_argument("--drsync-path", default="drsync", metavar="CMD",
                    help="the drsync command on the remote node (default: drsync), like rsync's --rsync-path")
+    g.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="count the connection as lost when the server has sent nothing for SECONDS although "
+                        "drsync asked (an ssh keepalive goes out after a quarter of that and sshd itself answers "
+                        "it, so a busy remote never times out); connecting gives up after 20 s, or SECONDS if "
+                        f"shorter (default {DEFAULT_TIMEOUT:g}; 0: never, and a stalled link can hang the run)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args):
-    from .plan import Options
     from .sync import check_version_option
 
     return Options(
@@ -208,6 +224,7 @@ def _options(args):
         ssh_backend=getattr(args, "ssh_backend", "asyncssh"),
         accept_new=getattr(args, "accept_new", False),
         drsync_path=getattr(args, "drsync_path", "drsync"),
+        timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
     )
 
 

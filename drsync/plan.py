@@ -35,6 +35,7 @@ class Options:
     ssh_backend: str = "asyncssh"
     accept_new: bool = False
     drsync_path: str = "drsync"
+    timeout: float = 60.0  # seconds an ssh link may stay silent before it counts as lost (0: never)
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,10 @@ def check_version_option(value: str | None) -> str | None:
         return layout.check_version(v)
     except DrsyncError:
         raise UsageError(f"--up-to wants a version such as 20100101 or v20100101, not {value!r}") from None
+
+
+def check_timeout(value: object) -> float:
+    """Validate ``--timeout``: seconds, 0 (never time out) or from 1 to a day."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == 0 or 1 <= value <= 86400):
+        raise UsageError(f"--timeout wants seconds: 0 (never) or from 1 to 86400, not {value!r}")
+    return float(value)

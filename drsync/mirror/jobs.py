@@ -22,11 +22,11 @@ except ModuleNotFoundError:  # Python 3.10
 from ..errors import DrsyncError, UsageError
 from ..plan import Options
 from ..retry import DEFAULT_RETRIES
-from ..sync import check_version_option, is_remote
+from ..sync import check_timeout, check_version_option, is_remote
 
 JOB_KEYS = ("source", "destination", "datasets", "exclude", "options", "log", "metrics_dir", "retries")
 OPTION_KEYS = ("jobs", "bwlimit", "delete", "up_to", "checksum", "link", "fsync", "ssh_backend", "accept_new",
-               "drsync_path", "state_dir")
+               "drsync_path", "state_dir", "timeout")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -220,6 +220,11 @@ def _option(opts: Options, key: str, value: object, w: _Where, base: str) -> Opt
         if value not in ("asyncssh", "paramiko"):
             raise w.error(k, f"must be \"asyncssh\" or \"paramiko\", not {value!r}")
         return replace(opts, ssh_backend=value)
+    if key == "timeout":
+        try:
+            return replace(opts, timeout=check_timeout(value))
+        except DrsyncError as e:
+            raise w.error(k, e.message) from None
     if key in ("drsync_path", "state_dir"):
         if not isinstance(value, str) or not value:
             raise w.error(k, "must be a non-empty string")

@@ -169,7 +169,7 @@ class RemoteNode:
         self.options = options
         self.events = events or Events()
         channel = open_channel(self.parsed, backend=options.ssh_backend, drsync_path=options.drsync_path,
-                               accept_new=options.accept_new)
+                               accept_new=options.accept_new, timeout=options.timeout)
         try:
             self.conn = Connection(channel, self.events, options.bwlimit)
         except BaseException:

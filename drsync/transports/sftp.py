@@ -94,7 +94,7 @@ class SftpNode:
         self.events = events or Events()
         if options.state_dir is not None:
             raise UsageError("--state-dir is not supported by the SFTP fallback (no drsync on the remote)")
-        self.client = paramiko_client(resolve(self.parsed), options.accept_new)
+        self.client = paramiko_client(resolve(self.parsed), options.accept_new, options.timeout)
         try:
             self.sftp = self.client.open_sftp()
         except (OSError, EOFError, _SSHException) as e:

@@ -4,12 +4,13 @@ Both backends read ``~/.ssh/config`` (Host aliases, HostName, Port, User, Identi
 IdentitiesOnly, UserKnownHostsFile), use the agent and keys, and verify the server's host key
 against known_hosts. An unknown key is refused unless ``--accept-new`` (OpenSSH's
 ``StrictHostKeyChecking=accept-new``): then it is appended atomically and verified from then on. A
-changed key is always refused. Every failure here is a ConnectionFailure (exit 5); a lost link
-(refused, reset, closed under a transfer) is its retryable kind, ConnectionLost (linkerrors).
+changed key is always refused. Every failure here is a ConnectionFailure (exit 5); a lost or
+stalled link is its retryable kind, ConnectionLost (linkerrors, keepalive: ``--timeout``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shlex
@@ -17,6 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import ConnectionFailure, DrsyncError, UsageError
+from . import keepalive
 from .known_hosts import fingerprint, host_key_name, known_host_entries, known_keys, record_key, revoked_keys  # noqa: F401
 from .linkerrors import connect_failure, lost
 
@@ -183,13 +185,15 @@ WRITE_BUFFER = 256 << 10
 class Channel:
     """A byte stream to the remote agent's stdin/stdout, plus its stderr and exit status.
     Backends implement ``_read``/``_write``; any failure there is a lost connection (exit 5,
-    retryable)."""
+    retryable), named as a stall when ``_stalled`` says the keepalives went unanswered."""
 
     target: Target
     wire_bytes = 0
 
     def _read(self, n: int) -> bytes: ...
     def _write(self, data: bytes) -> None: ...
+    def _stalled(self, error: BaseException | None = None) -> float | None:
+        """The --timeout when the link was dropped for silence (a stall, not a reset)."""
 
     def read(self, n: int) -> bytes:
         try:
@@ -197,7 +201,9 @@ class Channel:
         except DrsyncError:
             raise
         except Exception as e:
-            raise lost(self.target.host, e) from None
+            raise lost(self.target.host, e, stalled=self._stalled(e)) from None
+        if not data and self._stalled():
+            raise lost(self.target.host, stalled=self._stalled())
         self.wire_bytes += len(data)
         return data
 
@@ -221,7 +227,7 @@ class Channel:
         except DrsyncError:
             raise
         except Exception as e:
-            raise lost(self.target.host, e) from None
+            raise lost(self.target.host, e, stalled=self._stalled(e)) from None
 
     def stderr(self) -> str: ...
     def exit_status(self) -> int | None: ...
@@ -239,8 +245,14 @@ class AsyncsshChannel(Channel):
         self.thread = threading.Thread(target=self.loop.run_forever, name="drsync-asyncssh", daemon=True)
         self.thread.start()
         self.target = target
+        self.timeout = timeout
         try:
-            self.conn, self.proc = self._call(self._open(command, accept_new), timeout + 5)
+            # connect and authenticate (connect_timeout), then start the agent (keepalives)
+            bound = keepalive.connect_timeout(timeout) + timeout + 5 if timeout else None
+            self.conn, self.proc = self._call(self._open(command, accept_new), bound)
+        except concurrent.futures.TimeoutError as e:
+            self._stop()
+            raise lost(target.host, e, stalled=timeout) from None
         except BaseException:
             self._stop()
             raise
@@ -257,7 +269,7 @@ class AsyncsshChannel(Channel):
         existing = [f for f in t.known_hosts if os.path.exists(f)]
         # Never None (that would disable verification): no file means no trusted key at all.
         kwargs = dict(port=t.port, known_hosts=existing[0] if existing else ([], [], []),
-                      config=[], connect_timeout=20, keepalive_interval=15, keepalive_count_max=4,
+                      config=[], **keepalive.asyncssh_options(self.timeout),
                       encryption_algs=["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                                        "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr"],
                       compression_algs=None)
@@ -315,6 +327,9 @@ class AsyncsshChannel(Channel):
     def _write(self, data: bytes) -> None:
         self._call(self._send(data))
 
+    def _stalled(self, error: BaseException | None = None) -> float | None:
+        return self.timeout if keepalive.asyncssh_stalled(error) else None
+
     def stderr(self) -> str:
         done = getattr(self, "_done", None)
         if done is not None:  # proc.wait() collected what was left of stderr
@@ -349,10 +364,11 @@ class AsyncsshChannel(Channel):
 
 
 # --- paramiko ------------------------------------------------------------------------------------
-def paramiko_client(target: Target, accept_new: bool):
+def paramiko_client(target: Target, accept_new: bool, timeout: float = 60.0):
     """A connected ``paramiko.SSHClient`` whose host key was verified against known_hosts (unknown:
-    refused unless ``accept_new``; changed or @revoked: always refused). Shared by the agent
-    channel and the SFTP fallback, so both trust exactly the same keys."""
+    refused unless ``accept_new``; changed or @revoked: always refused), watched for silence longer
+    than ``timeout`` (keepalive.Watchdog). Shared by the agent channel and the SFTP fallback, so
+    both trust exactly the same keys."""
     import paramiko
 
     client = paramiko.SSHClient()
@@ -365,11 +381,16 @@ def paramiko_client(target: Target, accept_new: bool):
         except Exception:  # a key type paramiko cannot load: it cannot match either
             pass
     client.set_missing_host_key_policy(_policy(target, accept_new))
+    wait = keepalive.connect_timeout(timeout)
+    try:
+        sock = keepalive.open_socket(target.host, target.port, wait)
+    except OSError as e:
+        raise connect_failure(target.host, target.port, e) from None
     try:
         client.connect(target.host, port=target.port, username=target.user,
                        key_filename=[p for p in target.identities if os.path.exists(p)] or None,
                        look_for_keys=not target.identities_only, allow_agent=not target.identities_only,
-                       timeout=20, banner_timeout=20, auth_timeout=20)
+                       sock=sock, timeout=wait, banner_timeout=wait, auth_timeout=wait)
     except ConnectionFailure:
         client.close()
         raise
@@ -381,6 +402,7 @@ def paramiko_client(target: Target, accept_new: bool):
         raise ConnectionFailure(f"authentication failed for {target.user or ''}@{target.host}:{target.port}: {e}") from None
     except (OSError, EOFError, paramiko.SSHException) as e:
         client.close()
+        sock.close()
         raise connect_failure(target.host, target.port, e) from None
     transport = client.get_transport()
     try:  # a key both listed and @revoked: revoked wins, as in OpenSSH
@@ -388,7 +410,7 @@ def paramiko_client(target: Target, accept_new: bool):
     except ConnectionFailure:
         client.close()
         raise
-    transport.set_keepalive(15)
+    keepalive.watch(transport, sock, timeout)
     return client
 
 
@@ -397,7 +419,7 @@ class ParamikoChannel(Channel):
         import paramiko
 
         self.target = target
-        client = paramiko_client(target, accept_new)
+        client = paramiko_client(target, accept_new, timeout)
         transport = client.get_transport()
         self.client = client
         try:
@@ -405,13 +427,18 @@ class ParamikoChannel(Channel):
             self.chan.exec_command(command)
         except (OSError, EOFError, paramiko.SSHException) as e:
             client.close()
-            raise connect_failure(target.host, target.port, e) from None
+            stalled = keepalive.stalled(transport)
+            raise (lost(target.host, e, stalled=stalled) if stalled else
+                   connect_failure(target.host, target.port, e)) from None
 
     def _read(self, n: int) -> bytes:
         return self.chan.recv(n)
 
     def _write(self, data: bytes) -> None:
         self.chan.sendall(data)
+
+    def _stalled(self, error: BaseException | None = None) -> float | None:
+        return keepalive.stalled(self.client.get_transport())
 
     def stderr(self) -> str:
         out = b""
@@ -464,8 +491,8 @@ def _policy(target: Target, accept_new: bool):
 
 
 def open_channel(spec: NodeSpec, *, backend: str, drsync_path: str, accept_new: bool,
-                 timeout: float = 30) -> Channel:
-    """Connect to ``spec``'s host and start ``<drsync_path> agent`` there."""
+                 timeout: float = 60.0) -> Channel:
+    """Connect to ``spec``'s host and start ``<drsync_path> agent`` there; ``timeout``: --timeout."""
     target = resolve(spec, backend)
     command = f"{drsync_path} agent"
     if backend == "paramiko":

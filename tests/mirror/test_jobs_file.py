@@ -34,6 +34,7 @@ ssh_backend = "paramiko"
 accept_new = true
 drsync_path = "/opt/drsync/bin/drsync"
 state_dir = "state"
+timeout = 30
 
 [jobs.local]
 source = "a"
@@ -55,6 +56,7 @@ def test_parses_every_key_with_defaults_and_relative_paths(tmp_path):
     assert (o.jobs, o.bwlimit, o.delete, o.up_to, o.checksum, o.link) == (8, 200 << 20, False, "20200101", True, False)
     assert (o.ssh_backend, o.accept_new, o.drsync_path) == ("paramiko", True, "/opt/drsync/bin/drsync")
     assert o.state_dir == str(tmp_path / "state")
+    assert o.timeout == 30.0 and local.options.timeout == 60.0
     assert o.fsync is False  # from [defaults].options, merged key by key
     assert o.datasets == ("CMIP6/CMIP/MOHC/*",) and o.exclude == ("*/fx/*",)
     assert ceda.retries == 5 and local.retries == 0
@@ -87,6 +89,8 @@ def test_parses_every_key_with_defaults_and_relative_paths(tmp_path):
     ('[jobs.x]\nsource = "a"\ndestination = "b"\noptions = { ssh_backend = "libssh" }\n', "jobs.x",
      "options.ssh_backend"),
     ('[jobs.x]\nsource = "a"\ndestination = "b"\noptions = { drsync_path = "" }\n', "jobs.x", "options.drsync_path"),
+    ('[jobs.x]\nsource = "a"\ndestination = "b"\noptions = { timeout = "1m" }\n', "jobs.x", "options.timeout"),
+    ('[jobs.x]\nsource = "a"\ndestination = "b"\noptions = { timeout = 0.5 }\n', "jobs.x", "options.timeout"),
     ('[jobs.x]\nsource = "h1:/a"\ndestination = "h2:/b"\n', "jobs.x", "destination"),
     ('[defaults]\nretry = 3\n[jobs.x]\nsource = "a"\ndestination = "b"\n', "defaults", "retry"),
     ('[defaults]\noptions = { fsync = 1 }\n[jobs.x]\nsource = "a"\ndestination = "b"\n', "defaults",
