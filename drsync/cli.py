@@ -15,6 +15,7 @@ from . import __version__
 from .errors import EXIT_CODES, DrsyncError, UsageError, escape
 from .events import Events
 from .plan import Options
+from .retry import DEFAULT_RETRIES
 
 DEFAULT_TIMEOUT = Options.timeout
 
@@ -76,6 +77,16 @@ def parse_rate(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _retries(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"want a whole number >= 0, not {text!r}")
+    return n
+
+
 def _timeout(text: str) -> float:
     from .sync import check_timeout
 
@@ -126,6 +137,12 @@ def _ssh(p: argparse.ArgumentParser) -> None:
                         "StrictHostKeyChecking=accept-new")
     g.add_argument("--drsync-path", default="drsync", metavar="CMD",
                    help="the drsync command on the remote node (default: drsync), like rsync's --rsync-path")
+    g.add_argument("--retries", type=_retries, default=DEFAULT_RETRIES, metavar="N",
+                   help="after a lost connection (refused, reset, dropped, or silent for --timeout), "
+                        "reconnect and go on where the run stopped (finished datasets are skipped, partial "
+                        "files resumed), at most N times per run, waiting 1-2 s, 2-4 s, 4-8 s ... in between "
+                        f"(default {DEFAULT_RETRIES}; 0: give up at once). Host-key, authentication and other "
+                        "permanent failures are never retried")
     g.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="count the connection as lost when the server has sent nothing for SECONDS although "
                         "drsync asked (an ssh keepalive goes out after a quarter of that and sshd itself answers "
@@ -224,6 +241,7 @@ def _options(args):
         ssh_backend=getattr(args, "ssh_backend", "asyncssh"),
         accept_new=getattr(args, "accept_new", False),
         drsync_path=getattr(args, "drsync_path", "drsync"),
+        retries=getattr(args, "retries", DEFAULT_RETRIES),
         timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
     )
 
@@ -364,10 +382,22 @@ COMMANDS = {"agent": cmd_agent, "diff": cmd_transfer, "push": cmd_transfer, "pul
             "scan": cmd_scan, "demo": cmd_demo, "mirror": cmd_mirror}
 
 
+def _quiet_library_logs() -> None:
+    """asyncio and the SSH libraries log through `logging` (asyncio: "socket.send() raised
+    exception." after a reset); with no handler Python prints those to stderr. A failure reaches
+    the user as one `drsync: error:` line instead."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv) == ["agent"]:
         command, args = cmd_agent, None  # the remote half, started per connection: no parser to build
     else:
+        _quiet_library_logs()
         args = build_parser().parse_args(argv)
         command = COMMANDS[args.command]
     try:

@@ -35,6 +35,7 @@ class Options:
     ssh_backend: str = "asyncssh"
     accept_new: bool = False
     drsync_path: str = "drsync"
+    retries: int = 3  # reconnect and resume after a lost connection, at most this often per run
     timeout: float = 60.0  # seconds an ssh link may stay silent before it counts as lost (0: never)
 
 

@@ -18,6 +18,7 @@ from .errors import ConflictError, DrsyncError, UsageError
 from .events import Events
 from .plan import DatasetPlan, Options, Plan, diff_dataset
 from .publish import Received
+from .retry import Retries
 from .scan import DatasetManifest
 from .transports.local import LocalDestination, LocalNode
 
@@ -35,6 +36,7 @@ class RunResult:
     transferred: Received | None = None
     seconds: float = 0.0
     durable: bool = True  # False with --no-fsync: the report says so
+    attempts: int = 1  # connections made: 1 + the retries after lost connections
 
     @property
     def exit_code(self) -> int:
@@ -101,38 +103,82 @@ def _run(command: str, source: str, destination: str, options: Options, events: 
     events = events or Events()
     if is_remote(source) and is_remote(destination):
         raise UsageError("both nodes are remote; one side of a push or pull must be local")
+    if options.retries < 0:
+        raise UsageError(f"--retries wants a whole number >= 0, not {options.retries}")
     start = time.monotonic()
     result = RunResult(command, Plan(source, destination), dry_run=options.dry_run,
                        transferred=None if options.dry_run else Received(), durable=options.fsync)
-    plans: list[DatasetPlan] = []
-    src = open_node(source, options, events)
-    try:
-        found = src.datasets()
-        selected = _select(found, options)
-        if found and not selected:
-            events.warning("no dataset matches --dataset/--exclude; nothing to do")
-        dst = open_node(destination, options, events)
+    progress = _Progress()
+    budget = Retries(options.retries, events)
+    while True:
         try:
-            for drs in selected:
-                try:
-                    plans.append(_one_dataset(src, dst, drs, options, events, result))
-                except DrsyncError as e:
-                    if e.dataset is None:
-                        e.dataset = drs
-                    result.errors.append(e)
-                    plans.append(DatasetPlan(path=drs, error=e))
-                finally:
-                    src.release_source(drs)
-        finally:
-            dst.close()
-    finally:
-        src.close()
-    result.plan = Plan(source, destination, tuple(plans))
+            _attempt(source, destination, options, events, result, progress)
+            break
+        except DrsyncError as e:  # a lost connection (anything else was collected per dataset)
+            if budget.again(e):
+                continue  # reconnect, re-plan; finished datasets are skipped, partial files resumed
+            if progress.selected is None:
+                raise  # not even connected: one error for the whole run, as before retries existed
+            if progress.current is not None:
+                e.dataset = e.dataset or progress.current
+                progress.done[progress.current] = DatasetPlan(path=progress.current, error=e)
+            result.errors.append(e)
+            break
+    result.attempts = budget.attempts
+    result.plan = Plan(source, destination, tuple(progress.done[d] for d in progress.selected or ()
+                                                  if d in progress.done))
     result.seconds = time.monotonic() - start
     return result
 
 
-def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: RunResult) -> DatasetPlan:
+@dataclass
+class _Progress:
+    """What a run has got through, kept across the attempts of a retried run."""
+
+    selected: list[str] | None = None  # the datasets to do, listed once
+    done: dict[str, DatasetPlan] = field(default_factory=dict)  # finished, or failed for good
+    planned: dict[str, DatasetPlan] = field(default_factory=dict)  # first plan made (what the report shows)
+    current: str | None = None  # the dataset in flight
+
+
+def _attempt(source: str, destination: str, options: Options, events: Events, result: RunResult,
+             progress: _Progress) -> None:
+    """One attempt: connect, then every dataset not done yet. A retryable error (a lost connection)
+    escapes, after the nodes are closed; any other error is collected for its dataset."""
+    src = open_node(source, options, events)
+    try:
+        if progress.selected is None:
+            found = src.datasets()
+            progress.selected = _select(found, options)
+            if found and not progress.selected:
+                events.warning("no dataset matches --dataset/--exclude; nothing to do")
+        dst = open_node(destination, options, events)
+        try:
+            for drs in progress.selected:
+                if drs in progress.done:
+                    continue
+                progress.current = drs
+                try:
+                    plan = _one_dataset(src, dst, drs, options, events, result, progress.planned)
+                    progress.done[drs] = progress.planned.get(drs, plan)
+                except DrsyncError as e:
+                    if e.dataset is None:
+                        e.dataset = drs
+                    if e.retryable:
+                        raise
+                    result.errors.append(e)
+                    progress.done[drs] = DatasetPlan(path=drs, error=e)
+                finally:
+                    src.release_source(drs)
+            progress.current = None
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: RunResult,
+                 planned: dict[str, DatasetPlan]) -> DatasetPlan:
     sman = src.source_manifest(drs, save=not options.dry_run)
     if options.dry_run:
         return _checked(diff_dataset(sman, dst.peek_destination(drs), options), result)
@@ -147,6 +193,9 @@ def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: R
                 session.save_manifest()  # the stored index lied; the tree agrees with the source
         plan = _checked(plan, result)
         if plan.error is None and not plan.conflicts and not plan.in_sync:
+            # a retry after a lost connection re-plans (files that arrived meanwhile drop out); the
+            # report keeps the first plan: what this run had to do
+            planned.setdefault(drs, plan)
             _execute(plan, src, sman, session, options, events, result)
         return plan
     finally:

@@ -57,7 +57,8 @@ class Job:
         return None if is_remote(self.destination) else self.destination
 
     def library_options(self, *, wait: bool = True, dry_run: bool = False) -> Options:
-        return replace(self.options, wait=wait, dry_run=dry_run)
+        # retries=0: the runner retries the whole job (``retries``), one budget, not two nested ones
+        return replace(self.options, wait=wait, dry_run=dry_run, retries=0)
 
 
 @dataclass(frozen=True)

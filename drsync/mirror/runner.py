@@ -5,7 +5,8 @@ Only a lost connection is retried (drsync.retry: exponential backoff and jitter)
 key or login, a conflict, unsafe input, an I/O or integrity error would fail the same way again,
 and a retry must never hide one of them. A run whose errors are all lost connections is retried as
 a whole; the datasets that already made it are no-ops the second time (the plan finds nothing to
-do), and partial files are resumed.
+do), and partial files are resumed. The library call itself is made with ``retries=0``
+(Job.library_options), so that the job's ``retries`` is the one budget.
 """
 
 from __future__ import annotations

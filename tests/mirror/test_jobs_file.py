@@ -57,6 +57,8 @@ def test_parses_every_key_with_defaults_and_relative_paths(tmp_path):
     assert (o.ssh_backend, o.accept_new, o.drsync_path) == ("paramiko", True, "/opt/drsync/bin/drsync")
     assert o.state_dir == str(tmp_path / "state")
     assert o.timeout == 30.0 and local.options.timeout == 60.0
+    # the job's `retries` is the one budget: the library call itself does not retry again
+    assert ceda.library_options().retries == 0
     assert o.fsync is False  # from [defaults].options, merged key by key
     assert o.datasets == ("CMIP6/CMIP/MOHC/*",) and o.exclude == ("*/fx/*",)
     assert ceda.retries == 5 and local.retries == 0

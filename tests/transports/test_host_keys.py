@@ -182,7 +182,8 @@ def test_connection_refused(backend, ssh_client_env, src, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dst = tmp_path / "dst"
-    r = _push(backend, ssh_client_env, src, dst, spec=f"127.0.0.1:{port}:{dst}")
+    # a refused connection is retried (FAULTS F5, tests/faults/test_network.py); here: at once
+    r = _push(backend, ssh_client_env, src, dst, "--retries", "0", spec=f"127.0.0.1:{port}:{dst}")
     assert r.returncode == 5, r.stderr
     line = assert_one_error_line(r.stderr)
     assert str(port) in line, line

@@ -96,8 +96,9 @@ def test_remote_agent_killed_mid_push(backend, sshd_server, ssh_client_env, tmp_
     wait_agents_gone(sshd_server)
 
     # --bwlimit stretches the push to a few seconds so the kill lands in the middle of it
-    p = subprocess.Popen(_argv(backend, src, remote, "--bwlimit", "2M"), env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    # --retries 0: this is D4 (the killed run's state); a retry after the kill is F5's business
+    p = subprocess.Popen(_argv(backend, src, remote, "--bwlimit", "2M", "--retries", "0"), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not agent_pids(sshd_server):

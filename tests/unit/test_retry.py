@@ -10,6 +10,7 @@ import asyncssh
 import paramiko
 import pytest
 
+from drsync import cli
 from drsync.errors import ConflictError, ConnectionFailure, ConnectionLost, DestinationIOError
 from drsync.events import Recorder
 from drsync.retry import Retries, backoff
@@ -83,3 +84,19 @@ def test_lost_names_a_stall_and_a_wordless_error():
     stalled = lost("h", stalled=3)
     assert stalled.retryable and "stalled" in stalled.line() and "--timeout 3" in stalled.line()
 
+
+@pytest.mark.parametrize("flags", [["--retries", "-1"], ["--retries", "two"], ["--timeout", "0.5"],
+                                   ["--timeout", "-3"], ["--timeout", "inf"], ["--timeout", "nan"]])
+def test_bad_retries_or_timeout_is_a_usage_error(flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["push", *flags, "a", "b"])
+    assert e.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+def test_retries_and_timeout_reach_the_options():
+    args = cli.build_parser().parse_args(["pull", "--retries", "0", "--timeout", "0", "h:/a", "b"])
+    o = cli._options(args)
+    assert (o.retries, o.timeout) == (0, 0.0)
+    o = cli._options(cli.build_parser().parse_args(["push", "a", "b"]))
+    assert (o.retries, o.timeout) == (3, 60.0)
