@@ -19,6 +19,7 @@ from ..plan import Options
 from ..publish import SourceChanged
 from ..transports.local import LocalNode
 from . import protocol as p
+from . import silence
 
 
 class _Forward(Events):
@@ -49,6 +50,7 @@ class Agent:
         self.nodes: dict[tuple, LocalNode] = {}
         self.session = None
         self.session_drs = None
+        self.client_timeout: float | None = None
 
     def node(self, req: dict) -> LocalNode:
         root = req.get("root")
@@ -164,6 +166,13 @@ class Agent:
             self.session = None
         return {}
 
+    def silence_limit(self) -> float | None:
+        """How long to wait for the client's bytes: bounded only while holding a destination's
+        lock, and only when the client said its timeout (agent/silence.py)."""
+        if self.session is None or self.client_timeout is None:
+            return None
+        return silence.MARGIN * self.client_timeout
+
     def _session(self):
         if self.session is None:
             raise UsageError("no destination session open")
@@ -173,6 +182,7 @@ class Agent:
         self.stream._write(f"{p.GREETING.decode()}{p.PROTOCOL} {__version__}\n".encode())
         self.stream.flush()
         hello = self.stream.recv()
+        self.client_timeout = silence.client_timeout(hello)
         if hello.get("protocol") != p.PROTOCOL:
             self.stream.send({"ok": False, "error": {"code": 5, "message":
                               f"protocol mismatch: agent speaks {p.PROTOCOL}, client {hello.get('protocol')}"}})
@@ -260,5 +270,7 @@ def main() -> int:
     stdin, stdout = sys.stdin.buffer.raw, sys.stdout.buffer
     # Keep stray prints (none expected) from corrupting the protocol stream.
     sys.stdout = sys.stderr
-    stream = p.Stream(lambda n: os.read(stdin.fileno(), n), stdout.write, stdout.flush)
-    return Agent(stream).serve()
+    guarded = silence.GuardedInput(stdin.fileno())
+    agent = Agent(p.Stream(guarded.read, stdout.write, stdout.flush))
+    guarded.limit = agent.silence_limit
+    return agent.serve()

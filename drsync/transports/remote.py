@@ -61,14 +61,23 @@ def _hint(channel, line: bytes) -> str:
 class Connection:
     """A handshaken agent session: request/reply plus file streams."""
 
-    def __init__(self, channel, events: Events, bwlimit: int | None):
+    def __init__(self, channel, events: Events, bwlimit: int | None, timeout: float = 0):
         self.channel = channel
         self.events = events
         throttle = _Throttle(bwlimit)
 
         def write(data: bytes) -> None:
-            throttle(len(data))
-            channel.write(data)
+            if not bwlimit:
+                channel.write(data)
+                return
+            # about a second's worth at a time, sent at once: a throttled client is never silent
+            # for long (an agent gives a destination's lock up when its client falls silent)
+            step = max(bwlimit, 4096)
+            for i in range(0, len(data), step):
+                piece = data[i:i + step]
+                throttle(len(piece))
+                channel.write(piece)
+                channel.flush()
 
         self.stream = p.Stream(channel.read, write, channel.flush)
         try:
@@ -85,7 +94,8 @@ class Connection:
         if proto != p.PROTOCOL:
             raise ConnectionFailure(f"the remote drsync speaks agent protocol {proto}, this one {p.PROTOCOL}: "
                                     "install the same drsync version on both nodes")
-        self.stream.send({"protocol": p.PROTOCOL})
+        # the timeout lets the agent give a destination's lock up if this client falls silent
+        self.stream.send({"protocol": p.PROTOCOL, "timeout": timeout})
         p.raise_if_error(self.stream.recv())
 
     def reply(self) -> dict:
@@ -171,7 +181,7 @@ class RemoteNode:
         channel = open_channel(self.parsed, backend=options.ssh_backend, drsync_path=options.drsync_path,
                                accept_new=options.accept_new, timeout=options.timeout)
         try:
-            self.conn = Connection(channel, self.events, options.bwlimit)
+            self.conn = Connection(channel, self.events, options.bwlimit, options.timeout)
         except BaseException:
             channel.close()
             raise
