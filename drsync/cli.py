@@ -16,6 +16,7 @@ from .errors import EXIT_CODES, DrsyncError, UsageError, escape
 from .events import Events
 from .plan import Options
 from .retry import DEFAULT_RETRIES
+from .sync import is_remote
 
 DEFAULT_TIMEOUT = Options.timeout
 
@@ -397,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv) == ["agent"]:
         command, args = cmd_agent, None  # the remote half, started per connection: no parser to build
     else:
-        _quiet_library_logs()
         args = build_parser().parse_args(argv)
         command = COMMANDS[args.command]
+        if args.command == "mirror" or any(isinstance(v, str) and is_remote(v) for v in vars(args).values()):
+            _quiet_library_logs()  # only runs that may use an SSH library pay for importing logging
     try:
         return command(args)
     except DrsyncError as e:
