@@ -148,6 +148,15 @@ def _leftover(dst: str) -> int:
 WIDEN_STEPS = "after_fsync,staging_done,after_version,after_latest,cleanup"
 
 
+SSH_PHASES_NOTE = (
+    "Over ssh the SIGKILL hits the client. Once the agent has the publish request (the links of the new "
+    "version) it needs nothing more from the client, so it builds the version, moves `latest` and writes "
+    "the manifest even when the client dies meanwhile: such kills are binned *manifest written*, and the "
+    "phases in between (*staging built*, *new v\\* visible*, *latest moved*) are not reached by client "
+    "kills at all. Kills of the agent itself in those phases are tested deterministically "
+    "(tests/transports/test_ssh_kills.py, and the fault hooks at every publish step through the agent).")
+
+
 def kill_loop(fig: Figures, work: str, kills: int, rng: random.Random, argv_for, env: dict,
               after_kill=lambda: None, dst_path=None, widen: float = 0.0) -> None:
     """FAULTS §7.2 with the multi-kill variant; ``argv_for(src, dst, slow)`` builds the push command
@@ -483,6 +492,8 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
     ]
     for fig in figs:
         lines += [f"## {fig.name}", "", table(fig), ""]
+        if fig.name.startswith("SSH"):
+            lines += [SSH_PHASES_NOTE, ""]
     lines += ["## Race harness (B8)", "",
               ("`files/<var>_<v>` (the directory of the version being pushed) and, separately, "
               "`.drsync/staging`, exchanged with a symlink to `<outside>` by `renameat2(RENAME_EXCHANGE)` in a "
