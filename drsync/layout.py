@@ -15,6 +15,7 @@ NAME_MAX = 255
 _VERSION_RE = re.compile(r"[0-9]{1,%d}" % MAX_VERSION_DIGITS)
 # No separator, control character, NUL or lone surrogate (not UTF-8): check_name's fast path.
 _PLAIN_NAME = re.compile("[^\\x00-\\x1f\\x7f/\\\\\\ud800-\\udfff]+")
+_UNSAFE_CHAR = re.compile("[" + _PLAIN_NAME.pattern[2:-1])  # one character plain_name refuses
 _SPECIAL_NAMES = frozenset(("", ".", "..", STATE))
 _VDIR_RE = re.compile(r"v[0-9]{1,%d}" % MAX_VERSION_DIGITS)
 
@@ -23,6 +24,18 @@ def plain_name(name: str) -> bool:
     """True for a name that check_name accepts, decided quickly (no message on refusal)."""
     return bool(_PLAIN_NAME.fullmatch(name)) and name not in _SPECIAL_NAMES and (
         len(name) <= NAME_MAX // 4 or len(name.encode("utf-8")) <= NAME_MAX)
+
+
+def plain_names(names) -> bool:
+    """True when check_name accepts every name of the sequence ``names``: plain_name for a whole
+    column of a manifest at once, in a few passes made in C rather than a regex call per name."""
+    if not names:
+        return True
+    if set(map(type, names)) != {str} or not _SPECIAL_NAMES.isdisjoint(names):
+        return False
+    if _UNSAFE_CHAR.search("".join(names)):  # every character of every name must be safe
+        return False
+    return max(map(len, names)) <= NAME_MAX // 4 or all(len(n.encode("utf-8")) <= NAME_MAX for n in names)
 
 
 def check_name(name: str, what: str = "name", *, dataset: str | None = None) -> str:
@@ -64,6 +77,11 @@ def check_version(version: str, *, dataset: str | None = None) -> str:
             f"malformed version (want 1 to {MAX_VERSION_DIGITS} digits)", dataset=dataset, path=str(version)
         )
     return version
+
+
+def is_version(version) -> bool:
+    """True for a canonical version string: check_version without the error."""
+    return type(version) is str and bool(_VERSION_RE.fullmatch(version))
 
 
 def version_key(version: str) -> tuple[int, str]:

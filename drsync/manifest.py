@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import NamedTuple
 
 import xxhash
 
@@ -19,11 +21,15 @@ from .errors import UnsafeInputError
 
 FORMAT = "drsync-manifest/1"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX = re.compile(r"[0-9a-f]*")
+_BY_KEY = itemgetter(0, 1)  # (name, file): the order a version digest is taken in
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One link of a version: ``v<ver>/<name>/<file> -> ../../files/<dir>/<file>``."""
+class Entry(NamedTuple):
+    """One link of a version: ``v<ver>/<name>/<file> -> ../../files/<dir>/<file>``.
+
+    A named tuple, not a frozen dataclass: a large dataset loads hundreds of thousands of these,
+    and a tuple is made in a tenth of the time (no ``object.__setattr__`` per field)."""
 
     name: str
     file: str
@@ -42,8 +48,7 @@ class Entry:
         return (self.dir, self.file)
 
 
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
+class VersionInfo(NamedTuple):
     """What the index keeps of a version: the digest of its entry list, and counts."""
 
     digest: str
@@ -51,8 +56,7 @@ class VersionInfo:
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Loose:
+class Loose(NamedTuple):
     """A real file under files/ that no recorded version references yet (an interrupted run)."""
 
     size: int
@@ -75,10 +79,8 @@ class Index:
 def version_digest(entries: list[Entry]) -> str:
     """Digest of a version's content: names, targets, sizes and file digests (not mtimes, which
     another copy tool may not have kept)."""
-    h = xxhash.xxh3_128()
-    for e in sorted(entries, key=lambda e: (e.name, e.file)):
-        h.update(f"{e.name}\0{e.file}\0{e.dir}\0{e.size}\0{e.digest}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+    text = "".join([f"{e.name}\0{e.file}\0{e.dir}\0{e.size}\0{e.digest}\n" for e in sorted(entries, key=_BY_KEY)])
+    return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogateescape"))  # = hashing row by row
 
 
 def version_info(entries: list[Entry]) -> VersionInfo:
@@ -94,10 +96,8 @@ UNKNOWN_DIGEST = "unknown"
 
 def size_digest(entries: list[Entry]) -> str:
     """Digest of a version's names, targets and sizes only: what a sizes-only manifest can vouch for."""
-    h = xxhash.xxh3_128()
-    for e in sorted(entries, key=lambda e: (e.name, e.file)):
-        h.update(f"{e.name}\0{e.file}\0{e.dir}\0{e.size}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+    text = "".join([f"{e.name}\0{e.file}\0{e.dir}\0{e.size}\n" for e in sorted(entries, key=_BY_KEY)])
+    return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogateescape"))
 
 
 def size_info(entries: list[Entry]) -> VersionInfo:
@@ -135,6 +135,29 @@ def make_entry(row, version: str, dataset: str | None) -> Entry:
                  _digest(digest, dataset, where))
 
 
+def _columns_valid(rows: list, version: str) -> bool:
+    """The checks of make_entry over whole columns at once (C-level passes, no call per row).
+    False when a row may be bad: the caller then checks row by row for the precise message."""
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {6}:
+        return False
+    names, files, dirs, sizes, mtimes, digests = zip(*rows)
+    if not layout.plain_names(files):
+        return False
+    for column in (sizes, mtimes):
+        if set(map(type, column)) != {int} or min(column) < 0:
+            return False
+    if set(map(type, digests)) != {str} or set(map(len, digests)) != {32} or not _HEX.fullmatch("".join(digests)):
+        return False
+    for name, dirname in set(zip(names, dirs)):  # few distinct (variable, files dir) pairs
+        if type(name) is not str or type(dirname) is not str or not layout.plain_name(name):
+            return False
+        dname, _, dversion = dirname.rpartition("_")
+        if (dname != name or not layout.plain_name(dirname) or not layout.is_version(dversion)
+                or layout.version_key(dversion) > layout.version_key(version)):
+            return False
+    return True
+
+
 def entries_from_json(doc, version: str, dataset: str | None) -> list[Entry]:
     """Parse and validate a version's entry list; duplicates are refused (FAULTS A7)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != version:
@@ -142,17 +165,12 @@ def entries_from_json(doc, version: str, dataset: str | None) -> list[Entry]:
     rows = doc.get("entries", [])
     if not isinstance(rows, list):
         raise UnsafeInputError("malformed manifest: entries is not a list", dataset=dataset, path=f"v{version}")
-    entries = []
-    targets: dict[tuple, bool] = {}  # (name, dir) pairs already found canonical: they repeat a lot
-    for row in rows:
-        if (type(row) is list and len(row) == 6 and (row[0], row[2]) in targets and type(row[1]) is str
-                and layout.plain_name(row[1]) and type(row[3]) is int and row[3] >= 0
-                and type(row[4]) is int and row[4] >= 0 and type(row[5]) is str and _HEX32.fullmatch(row[5])):
-            entries.append(Entry(*row))  # the fast path: the same checks as make_entry, cached
-            continue
-        e = make_entry(row, version, dataset)
-        targets[(e.name, e.dir)] = True
-        entries.append(e)
+    if not rows:
+        return []
+    if _columns_valid(rows, version):
+        entries = list(map(Entry._make, rows))
+    else:
+        entries = [make_entry(row, version, dataset) for row in rows]  # raises the precise error
     if len({(e.name, e.file) for e in entries}) != len(entries):
         seen: set[str] = set()
         for e in entries:

@@ -131,14 +131,14 @@ def _run(command: str, source: str, destination: str, options: Options, events: 
     return result
 
 
-@dataclass
 class _Progress:
     """What a run has got through, kept across the attempts of a retried run."""
 
-    selected: list[str] | None = None  # the datasets to do, listed once
-    done: dict[str, DatasetPlan] = field(default_factory=dict)  # finished, or failed for good
-    planned: dict[str, DatasetPlan] = field(default_factory=dict)  # first plan made (what the report shows)
-    current: str | None = None  # the dataset in flight
+    def __init__(self) -> None:
+        self.selected: list[str] | None = None  # the datasets to do, listed once
+        self.done: dict[str, DatasetPlan] = {}  # finished, or failed for good
+        self.planned: dict[str, DatasetPlan] = {}  # first plan made (what the report shows)
+        self.current: str | None = None  # the dataset in flight
 
 
 def _attempt(source: str, destination: str, options: Options, events: Events, result: RunResult,

@@ -100,6 +100,26 @@ class Run:
     remote_rss: int | None = None  # bytes (probe runs only)
 
 
+# The floor of a new version's links: the same system calls drsync makes (symlinkat into fresh
+# directories, two threads), without drsync. argv: ROOT N DIRS.
+LINKS_PROBE = r"""
+import os, sys, threading
+root, n, dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.mkdir(root)
+def make(which):
+    for d in which:
+        path = os.path.join(root, "var%d" % d)
+        os.mkdir(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        for i in range(n // dirs):
+            os.symlink("../../files/var%d_20100101/f%d.nc" % (d, i), "f%d.nc" % i, dir_fd=fd)
+        os.close(fd)
+threads = [threading.Thread(target=make, args=(range(k, dirs, 2),)) for k in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
 def run_child(argv: list[str] | str, env: dict, outdir: Path, tag: str) -> tuple[float, float, int, int, str, str]:
     """Run ``argv`` (a list, or a shell string), wait with wait4: (wall, cpu, maxrss, rc, out, err)."""
     out_p, err_p = outdir / f"{tag}.out", outdir / f"{tag}.err"
@@ -395,9 +415,10 @@ class Bench:
         os.chmod(cfg, 0o600)
         return home
 
-    def floors(self, ssh: bool, runs: int = 7) -> None:
+    def floors(self, ssh: bool, links: tuple[int, int] | None = None, runs: int = 7) -> None:
         """What no drsync run can go below on this machine (DESIGN §9's "floor"): interpreter and
-        import start-up, one SSH session (OpenSSH's own client), and a remote start of drsync. Each
+        import start-up, one SSH session (OpenSSH's own client), a remote start of drsync, and with
+        ``links`` = (symlinks, directories) the kernel's cost of making a new version's links. Each
         timed ``runs`` times; min and median wall seconds."""
         exe = DRSYNC[0] if len(DRSYNC) == 1 else None
         py = str(Path(exe).parent / "python") if exe else PY
@@ -411,12 +432,18 @@ class Bench:
                         ["ssh", "-F", cfg, ALIAS, "true"]),
                        ("one OpenSSH session starting the remote drsync (`ssh HOST drsync --version`)",
                         ["ssh", "-F", cfg, ALIAS, f"{DRSYNC_REMOTE} --version"])]
+        if links is not None:
+            n, dirs = links
+            probes.append(((f"python start-up + {n:,} symlinks in {dirs} new directories, 2 threads (what the kernel "
+                            "charges for a LARGE version's links; drsync makes them the same way)"),
+                           lambda k: [py, "-S", "-c", LINKS_PROBE, str(self.work / f"floor-links-{k}"), str(n), str(dirs)]))
         for what, argv in probes:
             walls = []
-            for _ in range(runs):
-                wall, _cpu, _rss, rc, _out, err = run_child(argv, self.env, self.logs, "floor")
+            for k in range(runs):
+                argv_k = argv(k) if callable(argv) else argv
+                wall, _cpu, _rss, rc, _out, err = run_child(argv_k, self.env, self.logs, "floor")
                 if rc != 0:
-                    raise RuntimeError(f"floor probe failed: {' '.join(argv)}: {err[-500:]}")
+                    raise RuntimeError(f"floor probe failed: {' '.join(argv_k)}: {err[-500:]}")
                 walls.append(wall)
             self.floor_rows.append((what, min(walls), statistics.median(walls)))
             print(f"# floor: {what}: min {min(walls):.3f} s, median {statistics.median(walls):.3f} s", flush=True)
@@ -1015,7 +1042,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(work, args.drsync_arg, args.in_place)
         if any(c.transport == "ssh" for c in cases):
             bench.start_ssh()
-        bench.floors(ssh=any(c.transport == "ssh" for c in cases))
+        links = None
+        if any(c.kind == "onenew" and c.shape == "LARGE" for c in cases):
+            bench.source("LARGE")
+            links = (sum(len(f) for ds in bench.generated["LARGE"] for f in ds.current.values()),
+                     treegen.LARGE.variables * treegen.LARGE.datasets)
+        bench.floors(ssh=any(c.transport == "ssh" for c in cases), links=links)
         for c in cases:
             CaseRunner(bench, c, args.warmup, args.runs, args.probe).go()
             done.append(c)

@@ -30,7 +30,7 @@ from publish_helpers import (
     source_files,
 )
 
-from drsync.publish import BATCH_FILES
+from drsync.publish import FLUSH_FILES
 
 # Three datasets so that every per-dataset step (fsync, latest, manifest) repeats at least 3 times.
 SHAPE = treegen.Shape(datasets=3, variables=2, files=6, versions=4, size=4096)
@@ -49,7 +49,7 @@ def step_counts(src: str, dst: str) -> dict[str, int]:
         for s in ("partial_write", "after_digest", "after_rename"):
             c[s] += files
         for s in ("before_fsync", "after_fsync"):
-            c[s] += math.ceil(files / BATCH_FILES)
+            c[s] += math.ceil(files / FLUSH_FILES)
         c["staging"] += versions * SHAPE.variables  # one per variable directory built
         for s in ("staging_done", "after_version"):
             c[s] += versions

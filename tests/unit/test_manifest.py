@@ -140,6 +140,38 @@ def test_rejects_unsafe_names(col, value):
     _reject_entries(_with_row(0, col, value))
 
 
+BAD_CELLS = ([(5, d) for d in (D1[:-1], D1 + "0", "", D1.upper(), "g" * 32, None, 12)]
+             + [(3, s) for s in (-1, 1.5, "10", None, True)] + [(4, -5), (4, False)]
+             + [(0, v) for v in ("..", ".", "", "a/b", ".drsync", "a\nb", 7)]
+             + [(1, v) for v in ("..", "../../etc/passwd", "a\0b", "x\udcff", "n" * 256, "\u00e9" * 128, None)]
+             + [(2, v) for v in ("..", "../tos_day_20100101", "tos_day_20100101/..", "tas_20100101",
+                                 "tos_day_20100301", "tos_day_", "tos_day_1e3", "tos_day")])
+
+
+def long_rows(n=500):
+    return [["tos_day", f"f{i}.nc", "tos_day_20100101", i, i, D1] for i in range(n)]
+
+
+@pytest.mark.parametrize("col, value", BAD_CELLS)
+def test_whole_column_check_sees_a_bad_cell_anywhere(col, value):
+    """The fast path checks columns at once; a bad cell in the last of many rows must fail it, and
+    the row-by-row check then refuses the list."""
+    rows = long_rows()
+    rows[-1][col] = value
+    assert not mf._columns_valid(rows, "20100201")
+    _reject_entries({"format": mf.FORMAT, "version": "20100201", "entries": rows})
+
+
+def test_whole_column_check_accepts_what_make_entry_accepts():
+    rows = long_rows()
+    rows[3][1] = "\u00e9" * 127  # 254 bytes of UTF-8: long, but within NAME_MAX
+    rows[4][1] = "tos_day_20100101.nc"
+    assert mf._columns_valid(rows, "20100201")
+    got = mf.entries_from_json({"format": mf.FORMAT, "version": "20100201", "entries": rows}, "20100201", "ds")
+    assert got == [mf.make_entry(r, "20100201", "ds") for r in rows]
+    assert all(type(e) is mf.Entry for e in got) and got[3].file == rows[3][1]
+
+
 def test_rejects_dir_of_other_variable():
     _reject_entries(_with_row(0, 2, "tas_20100101"))
     # name "tos" is not the name part of "tos_day_20100101"
