@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections import namedtuple
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import NamedTuple
 
 import xxhash
 
@@ -25,18 +25,17 @@ _HEX = re.compile(r"[0-9a-f]*")
 _BY_KEY = itemgetter(0, 1)  # (name, file): the order a version digest is taken in
 
 
-class Entry(NamedTuple):
+class Entry(namedtuple("Entry", "name file dir size mtime_ns digest")):
     """One link of a version: ``v<ver>/<name>/<file> -> ../../files/<dir>/<file>``.
 
-    A named tuple, not a frozen dataclass: a large dataset loads hundreds of thousands of these,
-    and a tuple is made in a tenth of the time (no ``object.__setattr__`` per field)."""
+    ``name``, ``file``: str; ``dir``: the files/ directory it points into, "<name>_<v'>";
+    ``size``, ``mtime_ns``: int; ``digest``: xxh3-128, 32 lowercase hex digits.
 
-    name: str
-    file: str
-    dir: str  # the files/ directory it points into, "<name>_<v'>"
-    size: int
-    mtime_ns: int
-    digest: str  # xxh3-128, 32 lowercase hex digits
+    A named tuple, not a frozen dataclass: a large dataset loads hundreds of thousands of these,
+    and a tuple is made in a tenth of the time (no ``object.__setattr__`` per field). The
+    collections kind, not typing.NamedTuple: importing typing costs every run a few ms."""
+
+    __slots__ = ()
 
     @property
     def key(self) -> str:
@@ -48,20 +47,16 @@ class Entry(NamedTuple):
         return (self.dir, self.file)
 
 
-class VersionInfo(NamedTuple):
-    """What the index keeps of a version: the digest of its entry list, and counts."""
+class VersionInfo(namedtuple("VersionInfo", "digest entries bytes")):
+    """What the index keeps of a version: the digest (str) of its entry list, and counts (int)."""
 
-    digest: str
-    entries: int
-    bytes: int
+    __slots__ = ()
 
 
-class Loose(NamedTuple):
+class Loose(namedtuple("Loose", "size mtime_ns digest")):
     """A real file under files/ that no recorded version references yet (an interrupted run)."""
 
-    size: int
-    mtime_ns: int
-    digest: str
+    __slots__ = ()
 
 
 @dataclass(frozen=True)

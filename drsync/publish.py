@@ -93,6 +93,8 @@ class Receiver:
         self.durable = durable
         # digests computed here for sizes-only entries (SFTP fallback source): (dir, file) -> digest
         self.learned: dict[tuple[str, str], str] = {}
+        self._staging: _Staging | None = None  # the background link building of stage_versions
+        self._built: set[str] = set()  # versions whose links stage_versions made in staging
         if os.fstat(state.dir.fd).st_dev != os.fstat(ds.fd).st_dev:
             raise DestinationIOError("--state-dir must be on the same filesystem as the destination "
                                      "(renames into place must be atomic)", dataset=drs, path=state.dir.path)
@@ -348,11 +350,37 @@ class Receiver:
         except OSError as err:
             raise _dest_error(err, self.drs, layout.FILES) from err
 
-    def publish_version(self, version: str, entries: list[mf.Entry]) -> None:
-        """Build ``v<version>`` in staging, then rename it into place; never over anything."""
+    def stage_versions(self, versions: list[tuple[str, list[mf.Entry]]]) -> None:
+        """Start building the link trees of ``versions`` in staging on a background thread, so that
+        the kernel makes the links while the files arrive. Links are relative names, valid before
+        their targets exist, and staging is never visible: nothing here is published. Each
+        ``publish_version`` waits for this work, then flushes and renames as usual."""
+        if versions and self._staging is None:
+            self._staging = _Staging(self, self.state.sub("staging"), versions)
+
+    def wait_staged(self, *, cancel: bool = False) -> None:
+        """Wait for the background staging (stopped early with ``cancel``); raise its error."""
+        job, self._staging = self._staging, None
+        if job is not None:
+            self._built |= job.wait(cancel)
+
+    def drop_staged(self) -> None:
+        """End of a session: stop the background staging and remove the version trees it built
+        that were not published (a failed run). A killed run leaves them: recover() removes them."""
+        started = self._staging is not None or self._built
+        self.wait_staged(cancel=True)
+        if started:
+            try:
+                staging = self.state.sub("staging")
+                for name in staging.listdir():
+                    if layout.is_version_dir(name):
+                        staging.remove_tree(name)
+            except (OSError, DrsyncError):
+                pass  # the run's own error is what the user needs; the next run cleans up
+
+    def _build_links(self, staging: Dir, version: str, entries: list[mf.Entry], job: _Staging | None = None) -> None:
+        """``<state>/staging/v<version>/<name>/<file>`` -> ``../../files/<name>_<v>/<file>``."""
         vname = f"v{version}"
-        self._check_files_dirs(entries)
-        staging = self.state.sub("staging")
         by_name: dict[str, list[mf.Entry]] = {}
         for e in entries:
             by_name.setdefault(e.name, []).append(e)
@@ -361,30 +389,42 @@ class Receiver:
             linked[d] = layout.split_files_dir(d, dataset=self.drs)[1]
 
         def make_links(vdir: Dir, name: str, group: list[mf.Entry]) -> None:
+            if job is not None and job.cancelled:
+                return
             with vdir.ensure_dir(name) as nd:
                 for e in group:
                     nd.symlink(layout.canonical_target(e.name, linked[e.dir], e.file), e.file)
                 fault_point("staging")
 
-        try:
-            staging.remove_tree(vname)
-            with staging.ensure_dir(vname) as vdir:
-                groups = sorted(by_name.items())
-                if len(groups) > 1 and len(entries) >= PARALLEL_LINKS:
-                    # The kernel's symlink creation dominates here; variables are separate
-                    # directories, so two threads (the GIL is released in each call) make them
-                    # side by side. Any error is raised from map() below, as in the serial loop.
-                    from concurrent.futures import ThreadPoolExecutor
+        staging.remove_tree(vname)
+        with staging.ensure_dir(vname) as vdir:
+            groups = sorted(by_name.items())
+            if len(groups) > 1 and len(entries) >= PARALLEL_LINKS:
+                # The kernel's symlink creation dominates here; variables are separate
+                # directories, so two threads (the GIL is released in each call) make them
+                # side by side. Any error is raised from map() below, as in the serial loop.
+                from concurrent.futures import ThreadPoolExecutor
 
-                    with ThreadPoolExecutor(LINK_THREADS) as pool:
-                        list(pool.map(lambda g: make_links(vdir, *g), groups))
-                else:
-                    for name, group in groups:
-                        make_links(vdir, name, group)
-                if self.durable:
-                    # one flush of the filesystem for every link and directory made above, not
-                    # an fsync per variable directory (tens of them in a large dataset)
-                    vdir.syncfs()
+                with ThreadPoolExecutor(LINK_THREADS) as pool:
+                    list(pool.map(lambda g: make_links(vdir, *g), groups))
+            else:
+                for name, group in groups:
+                    make_links(vdir, name, group)
+
+    def publish_version(self, version: str, entries: list[mf.Entry]) -> None:
+        """Build ``v<version>`` in staging (or take what stage_versions built), flush, then rename
+        it into place; never over anything."""
+        vname = f"v{version}"
+        try:
+            self.wait_staged()
+            staging = self.state.sub("staging")
+            if version not in self._built:
+                self._build_links(staging, version, entries)
+            self._check_files_dirs(entries)
+            if self.durable:
+                # one flush of the filesystem for every link and directory made in staging, not
+                # an fsync per variable directory (tens of them in a large dataset)
+                staging.syncfs()
             fault_point("staging_done")
             staging.rename(vname, self.ds, vname)
         except FileExistsError as err:
@@ -450,3 +490,37 @@ class Receiver:
             self.state.save(index, new_entries, durable=self.durable)
         except OSError as err:
             raise _dest_error(err, self.drs, os.path.join(self.state.dir.path, "manifest")) from err
+
+
+class _Staging:
+    """The background thread of Receiver.stage_versions: it builds each version's links in
+    staging in turn; its error (or a cancel, checked per variable directory) ends it early."""
+
+    def __init__(self, receiver: Receiver, staging: Dir, versions: list[tuple[str, list[mf.Entry]]]):
+        import threading
+
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.built: set[str] = set()
+
+        def run() -> None:
+            try:
+                for v, entries in versions:
+                    if self.cancelled:
+                        return
+                    receiver._build_links(staging, v, entries, self)
+                    if not self.cancelled:
+                        self.built.add(v)
+            except BaseException as err:  # noqa: BLE001 - handed to the thread that waits
+                self.error = err
+
+        self.thread = threading.Thread(target=run, name="drsync-staging", daemon=True)
+        self.thread.start()
+
+    def wait(self, cancel: bool) -> set[str]:
+        """Join the thread; return the versions it built, or raise what stopped it."""
+        self.cancelled = self.cancelled or cancel
+        self.thread.join()
+        if self.error is not None and not cancel:
+            raise self.error
+        return self.built

@@ -8,7 +8,6 @@ and integrity errors fail at once: they would fail the same way again.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable
 
@@ -47,7 +46,7 @@ class Retries:
         self.events = events
         self.what = what
         self.sleep = sleep
-        self.rng = rng or random.Random()
+        self.rng = rng  # made on the first retry: importing random costs every run ~1 ms
         self.attempts = 1  # the attempt under way, 1-based
         self.delays: list[float] = []
 
@@ -55,6 +54,10 @@ class Retries:
         errors = [errors] if isinstance(errors, DrsyncError) else list(errors)
         if self.attempts > self.retries or not retryable(errors):
             return False
+        if self.rng is None:
+            import random
+
+            self.rng = random.Random()
         delay = backoff(self.attempts, self.rng)
         prefix = f"{self.what}: " if self.what else ""
         self.events.warning(f"{prefix}{errors[0].line()}; retry {self.attempts} of {self.retries} in {delay:.1f} s")

@@ -221,13 +221,15 @@ def _execute(plan: DatasetPlan, src, sman: DatasetManifest, session, options: Op
     try:
         local = isinstance(src, LocalNode) and isinstance(session, LocalDestination)
         link = src.linker(drs) if options.link and local else None
+        new = [(v, sman.entries(v)) for v in plan.versions_to_add]
+        if hasattr(session, "stage"):
+            session.stage(new)  # a local destination builds the links while the files arrive
         got = session.receive(list(plan.files_to_send), src, drs, link)
         result.transferred.files += got.files
         result.transferred.bytes += got.bytes
         versions = dict(dman.index.versions)
         added = []
-        for v in plan.versions_to_add:
-            entries = sman.entries(v)
+        for v, entries in new:
             if sman.sizes_only:  # SFTP fallback source: the receiver knows the digests now
                 entries = session.resolve_digests(entries)
                 versions[v] = mf.version_info(entries)

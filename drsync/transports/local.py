@@ -96,6 +96,10 @@ class LocalDestination:
         self.receiver = receiver
         self.manifest = manifest
 
+    def stage(self, versions: list[tuple[str, list[Entry]]]) -> None:
+        """Step 2's links, built in staging (never visible) while step 1 runs: Receiver.stage_versions."""
+        self.receiver.stage_versions(versions)
+
     def receive(self, files: list[Entry], src, drs: str, link=None) -> Received:
         """Step 1: bring ``files`` over from dataset ``drs`` of node ``src``."""
         return self.receiver.receive_files(files, src.fetch_batch(drs), link=link)
@@ -135,7 +139,10 @@ class LocalDestination:
         self.state.save(m.index, {v: m.entries(v) for v in m.index.versions}, durable=self.receiver.durable)
 
     def close(self) -> None:
-        self._lock.release()
+        try:
+            self.receiver.drop_staged()  # no thread may write in staging once unlocked
+        finally:
+            self._lock.release()
         self.state.dir.close()
         self.ds.close()
 

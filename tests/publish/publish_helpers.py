@@ -16,7 +16,8 @@ import invariants
 import treegen
 
 # Every fault_point step of the publish path, in protocol order (drsync/publish.py,
-# drsync/transports/local.py).
+# drsync/transports/local.py). On a local destination the "staging" steps (one per variable
+# directory of a new version) run on a background thread during the file steps.
 STEPS = ("cleanup", "partial_write", "after_digest", "before_fsync", "after_fsync", "after_rename",
          "staging", "staging_done", "after_version", "latest_tmp", "after_latest", "manifest")
 

@@ -1,0 +1,91 @@
+"""A local destination builds a new version's links in staging while its files arrive
+(Receiver.stage_versions): the links really are made during the transfer, each version is built
+once, and a session closed before publishing leaves no thread writing and nothing visible."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import invariants
+import treegen
+
+import drsync
+from drsync import publish
+from drsync.events import Events
+from drsync.fsutil import Dir
+from drsync.transports.local import LocalNode
+
+SHAPE = treegen.Shape(datasets=1, variables=3, files=20, versions=3, changed=0.2, added=4, removed=0)
+
+
+def test_links_are_made_while_the_files_arrive(tmp_path, monkeypatch):
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    dst = str(tmp_path / "b")
+    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[0])).exit_code == 0
+    before = invariants.snapshot(dst)
+    linked = threading.Event()
+    seen = {"waited": None}
+    real_symlink, real_fill = Dir.symlink, publish.Receiver._fill
+
+    def symlink(self, target, name):
+        if threading.current_thread().name != "MainThread":
+            linked.set()
+        return real_symlink(self, target, name)
+
+    def fill(self, *args, **kwargs):
+        # the first file batch waits for a link made by another thread: without staging in the
+        # background no link exists before the files are in, and this wait times out
+        if seen["waited"] is None:
+            seen["waited"] = linked.wait(10)
+        return real_fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dir, "symlink", symlink)
+    monkeypatch.setattr(publish.Receiver, "_fill", fill)
+    assert drsync.push(src, dst).exit_code == 0
+    assert seen["waited"] is True
+    invariants.check(src, dst, before)
+    invariants.check_converged(src, dst)
+
+
+def test_each_version_is_built_once(tmp_path, monkeypatch):
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    dst = str(tmp_path / "b")
+    built = []
+    real = publish.Receiver._build_links
+
+    def build(self, staging, version, entries, job=None):
+        built.append((version, threading.current_thread().name))
+        return real(self, staging, version, entries, job)
+
+    monkeypatch.setattr(publish.Receiver, "_build_links", build)
+    assert drsync.push(src, dst).exit_code == 0
+    assert sorted(v for v, _ in built) == sorted(ds.versions)
+    assert {name for _, name in built} == {"drsync-staging"}
+    invariants.check_converged(src, dst)
+
+
+def test_a_session_closed_before_publishing_stops_staging(tmp_path):
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    dst = str(tmp_path / "b")
+    rel = os.path.relpath(ds.path, src)
+    node = LocalNode(src, drsync.Options(), Events())
+    sman = node.source_manifest(rel, save=False)
+    dnode = LocalNode(dst, drsync.Options(wait=False), Events())
+    session = dnode.open_destination(rel)
+    session.stage([(v, sman.entries(v)) for v in ds.versions])
+    session.close()
+    assert not [t for t in threading.enumerate() if t.name == "drsync-staging"]
+    # nothing visible, and what staging built is gone with the session (not left for a next run)
+    for where in (os.path.join(dst, rel), os.path.join(dst, rel, ".drsync", "staging")):
+        assert not [n for n in os.listdir(where) if n.startswith("v")], where
+    # the lock was released after the thread stopped: a new session opens without waiting, and
+    # the push after it publishes everything
+    dnode.open_destination(rel).close()
+    node.close()
+    dnode.close()
+    assert drsync.push(src, dst).exit_code == 0
+    invariants.check_converged(src, dst)

@@ -1,0 +1,62 @@
+"""What the command line does to start and stop fast: one subcommand's parser instead of all of
+them, and an exit that skips the interpreter's teardown but not stdio, atexit hooks or threads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from drsync import cli
+
+ARGVS = [
+    ["push", "-q", "--no-progress", "--dataset", "a/*", "--up-to", "v20200101", "src", "host:/dst"],
+    ["pull", "--retries", "0", "--timeout", "0", "--ssh-backend", "paramiko", "h:/a", "b"],
+    ["diff", "--json", "--delete", "--checksum", "a", "b"],
+    ["verify", "--checksum", "-v", "p"],
+    ["scan", "--json", "p"],
+    ["demo", "d"],
+    ["mirror", "jobs.toml", "--job", "x", "--no-wait"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=lambda a: a[0])
+def test_one_subcommand_parser_parses_like_the_whole(argv):
+    assert cli.build_parser(argv[0]).parse_args(argv) == cli.build_parser().parse_args(argv)
+
+
+def test_an_unknown_command_still_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["pus", "a", "b"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for name in cli.COMMANDS:
+        assert repr(name) in err
+
+
+LEAVE = r"""
+import atexit, sys, threading, time
+from drsync import cli
+atexit.register(lambda: open(sys.argv[1] + ".atexit", "w").write("ran"))
+if sys.argv[2] == "thread":
+    def late():
+        time.sleep(0.3)
+        open(sys.argv[1] + ".thread", "w").write("ran")
+    threading.Thread(target=late).start()
+sys.stdout.write("x" * 1_000_000 + "\nend\n")  # left in the buffer: leave() must flush it
+sys.stderr.write("warned\n")
+cli.leave(3)
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "thread"])
+def test_leave_flushes_stdio_runs_atexit_and_waits_for_threads(tmp_path, mode):
+    mark = str(tmp_path / "m")
+    r = subprocess.run([sys.executable, "-c", LEAVE, mark, mode], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert r.stdout == "x" * 1_000_000 + "\nend\n"
+    assert r.stderr == "warned\n"
+    assert open(mark + ".atexit").read() == "ran"
+    if mode == "thread":
+        assert open(mark + ".thread").read() == "ran"
