@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable
 from .errors import DrsyncError
 from .events import Events
 
+TYPE_CHECKING = False  # typing's own flag, without importing typing at start-up
+if TYPE_CHECKING:
+    import random
+
 DEFAULT_RETRIES = 3
 BACKOFF_BASE = 2.0  # seconds before the first retry (before jitter)
 BACKOFF_CAP = 300.0

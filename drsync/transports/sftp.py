@@ -3,7 +3,7 @@
 `connect_node` opens one when the agent's handshake fails because drsync is missing on the remote
 (exit 127, "not found"), and says so once. It always uses paramiko's SFTPClient (whatever
 ``--ssh-backend`` says), over a connection whose host key is verified exactly as the agent
-channel's (`ssh.paramiko_client`).
+channel's (`ssh_paramiko.paramiko_client`).
 
 Source half (pull): `sftp_walk` reads a sizes-only manifest; `SftpSource` reads the files.
 Destination half (push): `sftp_publish.SftpDestination` runs DESIGN §4's publish protocol over SFTP.
@@ -38,7 +38,8 @@ from ..scan import DatasetManifest
 from .sftp_publish import SftpDestination
 from .sftp_walk import _is_dataset, _Walker
 from .sftp_wire import CHUNK, _is_conn_error, _lost, _SSHException
-from .ssh import paramiko_client, parse_spec, resolve
+from .ssh import parse_spec, resolve
+from .ssh_paramiko import paramiko_client
 
 STATE = layout.STATE
 

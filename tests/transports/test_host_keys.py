@@ -244,10 +244,10 @@ def test_audit_never_disables_host_key_checks():
 
 def test_audit_paramiko_uses_a_refusing_policy():
     """The paramiko path sets a missing-host-key policy that raises, never one that accepts."""
-    text = (DRSYNC_PKG / "transports" / "ssh.py").read_text()
+    text = (DRSYNC_PKG / "transports" / "ssh_paramiko.py").read_text()
     assert "set_missing_host_key_policy" in text
     from drsync.errors import ConnectionFailure
-    from drsync.transports import ssh
+    from drsync.transports import ssh, ssh_paramiko
 
     target = ssh.Target("h", "127.0.0.1", 2222, None, (), False, ("/nonexistent/known_hosts",))
 
@@ -259,4 +259,4 @@ def test_audit_paramiko_uses_a_refusing_policy():
             return b"\0\0\0\x0bssh-ed25519" + b"\0\0\0 " + bytes(32)
 
     with pytest.raises(ConnectionFailure, match="not in known_hosts"):
-        ssh._policy(target, accept_new=False).missing_host_key(None, "[127.0.0.1]:2222", Key())
+        ssh_paramiko._policy(target, accept_new=False).missing_host_key(None, "[127.0.0.1]:2222", Key())

@@ -75,7 +75,7 @@ def test_asyncssh_path_never_imports_paramiko(home):
 def test_asyncssh_import_finds_libraries_without_spawning(monkeypatch):
     import ctypes.util
 
-    from drsync.transports.ssh import _quick_find_library
+    from drsync.transports.ssh_asyncssh import _quick_find_library
 
     # what asyncssh's liboqs lookup gets: the same answer as find_library for libraries that exist
     # (a loadable soname), None for those that do not, and no subprocess either way
