@@ -38,8 +38,8 @@ CHUNK = 4 << 20
 COMPRESS_OVER = 4096
 _HEAD = struct.Struct(">BI")
 
-OPS = frozenset({"datasets", "manifest", "entries", "send", "dest_open", "dest_receive", "dest_publish",
-                 "dest_close", "bye"})
+OPS = frozenset({"datasets", "manifest", "entries", "send", "dest_open", "dest_stage", "dest_receive",
+                 "dest_publish", "dest_close", "bye"})
 
 _ERRORS = {c.exit_code: c for c in (UsageError, ConflictError, UnsafeInputError, ConnectionFailure,
                                      DestinationIOError, LockedError, IntegrityError)}

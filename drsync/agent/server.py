@@ -141,13 +141,31 @@ class Agent:
         got = session.receive(files, _Client(), self.session_drs)
         return {"files": got.files, "bytes": got.bytes}
 
-    def op_dest_publish(self, req):
-        session = self._session()
+    def _versions(self, req, staged: dict | None = None) -> list:
+        """``[[version, entry rows], ...]`` of a request, validated; rows of ``None`` name a version
+        whose entries came with dest_stage."""
         drs = self.session_drs
         versions = []
         for v, rows in req.get("versions") or []:
             layout.check_version(v, dataset=drs)
+            if rows is None and staged is not None and v in staged:
+                versions.append((v, staged[v]))
+                continue
             versions.append((v, mf.entries_from_json({"format": mf.FORMAT, "version": v, "entries": rows}, v, drs)))
+        return versions
+
+    def op_dest_stage(self, req):
+        """The new versions' entries, sent ahead of their files: the links are built in staging
+        while the files arrive (Receiver.stage_versions), and dest_publish names them without rows."""
+        session = self._session()
+        self.staged = dict(self._versions(req))
+        session.stage(list(self.staged.items()))
+        return {}
+
+    def op_dest_publish(self, req):
+        session = self._session()
+        drs = self.session_drs
+        versions = self._versions(req, getattr(self, "staged", None))
         index = mf.index_from_json(req.get("index"), drs)
         new_latest = req.get("new_latest")
         if new_latest is not None:
@@ -164,6 +182,7 @@ class Agent:
         if self.session is not None:
             self.session.close()
             self.session = None
+        self.staged = None
         return {}
 
     def silence_limit(self) -> float | None:

@@ -132,11 +132,37 @@ class RemoteDestination:
         self.node = node
         self.drs = drs
         self.manifest = manifest
+        self._stage_sent: set[str] | None = None  # dest_stage sent, its answer not read yet
+        self._staged_versions: set[str] = set()  # versions whose entries the agent holds
+
+    def stage(self, versions: list[tuple[str, list[mf.Entry]]]) -> None:
+        """Send the new versions' entries ahead of their files, so that the agent builds the links
+        while the files arrive. Not waited for: its answer is read before dest_receive's."""
+        if versions:
+            self.node.conn.stream.send({"op": "dest_stage",
+                                        "versions": [[v, mf.entries_to_json(v, es)["entries"]] for v, es in versions]})
+            self._stage_sent = {v for v, _ in versions}
+
+    def _staged(self) -> set[str]:
+        """The versions the agent holds from dest_stage (its answer read on first use). An agent
+        without dest_stage refuses the operation: the entries then go with dest_publish."""
+        sent, self._stage_sent = self._stage_sent, None
+        if sent is not None:
+            reply = self.node.conn.stream.recv()
+            for w in reply.get("warnings") or []:
+                self.node.conn.events.warning(f"remote: {w}")
+            err = reply.get("error") or {}
+            older = not reply.get("ok") and err.get("code") == 2 and "not allowed" in str(err.get("message"))
+            if not older:
+                p.raise_if_error(reply)
+            self._staged_versions = set() if older else sent
+        return self._staged_versions
 
     def receive(self, files: list[mf.Entry], src, drs: str, link=None) -> Received:
         conn = self.node.conn
         rows = mf.entries_to_json("0", files)["entries"]
         conn.stream.send({"op": "dest_receive", "files": rows})
+        self._staged()
         source = src.source(drs)
         while True:
             msg = conn.stream.recv()
@@ -152,8 +178,10 @@ class RemoteDestination:
             conn.stream.flush()
 
     def publish(self, versions, new_latest, delete_versions, delete_files, index: mf.Index) -> None:
+        staged = self._staged()
         self.node.conn.call(op="dest_publish",
-                            versions=[[v, mf.entries_to_json(v, es)["entries"]] for v, es in versions],
+                            versions=[[v, None if v in staged else mf.entries_to_json(v, es)["entries"]]
+                                      for v, es in versions],
                             new_latest=new_latest, delete_versions=list(delete_versions),
                             delete_files=[list(x) for x in delete_files], index=mf.index_to_json(index))
         # Trust, but verify: read the published index back (FAULTS F8).

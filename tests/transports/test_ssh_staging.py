@@ -1,0 +1,58 @@
+"""Over ssh the agent, too, builds the new versions' links while the files arrive: the client sends
+the entries ahead of the files (dest_stage) and the publish request names them without rows."""
+
+import os
+import shlex
+import sys
+
+import invariants
+import pytest
+import treegen
+
+import drsync
+
+AGENT = f"{sys.executable} -m drsync"
+SHAPE = treegen.Shape(datasets=1, variables=3, files=12, versions=2, changed=0.25, added=3, removed=0)
+
+
+def _links(vdir: str) -> dict:
+    return {f"{var}/{f}": os.readlink(os.path.join(vdir, var, f))
+            for var in os.listdir(vdir) for f in os.listdir(os.path.join(vdir, var))}
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_agent_builds_links_before_the_files_are_in(tmp_path, sshd_server, ssh_client_env, backend):
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    remote = str(tmp_path / "b")
+    spec = f"drsync-test:{remote}"
+    old, new = ds.versions
+    opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT, retries=0)
+    assert drsync.push(src, spec, drsync.Options(up_to=old, ssh_backend=backend, drsync_path=AGENT)).exit_code == 0
+    before = invariants.snapshot(remote)
+    # The agent waits a second before flushing the received files, then dies right after that
+    # flush: before any file is renamed into files/ and before any version is published. The
+    # links must already be in staging by then; without dest_stage they are made only afterwards.
+    dying = drsync.Options(ssh_backend=backend, retries=0,
+                           drsync_path=f"env DRSYNC_FAULT_SLOW=before_fsync:1 DRSYNC_FAULT=after_fsync:1 {AGENT}")
+    r = drsync.push(src, spec, dying)
+    assert r.exit_code == 5, [e.line() for e in r.errors]
+    rel = os.path.relpath(ds.path, src)
+    staged = os.path.join(remote, rel, ".drsync", "staging", f"v{new}")
+    assert os.path.isdir(staged), "the agent had not started the links while the files arrived"
+    assert _links(staged) == _links(os.path.join(ds.path, f"v{new}"))
+    invariants.check(src, remote, before)
+    assert drsync.push(src, spec, opts).exit_code == 0
+    invariants.check_converged(src, remote)
+
+
+def test_an_agent_without_dest_stage_gets_the_entries_with_the_publish(tmp_path, sshd_server, ssh_client_env):
+    src = str(tmp_path / "a")
+    treegen.make_node(src, SHAPE)
+    remote = str(tmp_path / "b")
+    older = ("import sys; import drsync.agent.protocol as p; p.OPS = p.OPS - {'dest_stage'}; "
+             "sys.argv = ['drsync', 'agent']; from drsync.cli import run; run()")
+    opts = drsync.Options(drsync_path=f"{sys.executable} -c {shlex.quote(older)}", retries=0)
+    r = drsync.push(src, f"drsync-test:{remote}", opts)
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    invariants.check_converged(src, remote)
