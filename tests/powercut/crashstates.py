@@ -102,9 +102,12 @@ def base_state(tree: Tree) -> State:
     return State(nodes, tree.root)
 
 
-def replay(base: State, ops: list[Op], chosen: Iterator[int] | list[int], zero: frozenset[int] = frozenset()) -> State:
+def replay(base: State, ops: list[Op], chosen: Iterator[int] | list[int], zero: frozenset[int] = frozenset(),
+           clear: tuple[tuple[int, str, int], ...] = ()) -> State:
     """Apply ``ops[i]`` for each ``i`` in ``chosen`` (ascending) to a copy of ``base``; an op in
-    ``zero`` is a lost write that left zeros (its length, at its offset) instead of its bytes."""
+    ``zero`` is a lost write that left zeros (its length, at its offset) instead of its bytes.
+    ``clear``: (directory, name, inode) entries removed at the end, where they still name that
+    inode (what fsck does to an entry naming an inode that was never written)."""
     nodes = dict(base.nodes)
     owned: set[int] = set()
 
@@ -166,6 +169,10 @@ def replay(base: State, ops: list[Op], chosen: Iterator[int] | list[int], zero: 
             elif k == "chmod":
                 mode = o.mode
             nodes[o.ino] = (kind, mode, data, target, ents)
+    for parent, name, ino in clear:
+        ents = entries(parent)
+        if ents is not None and ents.get(name) == ino:
+            del ents[name]
     return State(nodes, base.root)
 
 
@@ -243,6 +250,7 @@ class Candidate:
     variant: str  # prefix | durable | ns-only-old | ns-only-zero | drop-one:<op> | random:<n>
     chosen: list[int]
     zero: frozenset[int] = frozenset()
+    clear: tuple[tuple[int, str, int], ...] = ()
 
 
 def variants(ops: list[Op], dur: list[int], k: int, rng: random.Random, *, drop_cap: int = 24,
@@ -276,3 +284,13 @@ def variants(ops: list[Op], dur: list[int], k: int, rng: random.Random, *, drop_
         lost = [i for i in loose if i not in set(pick) and ops[i].kind == "write"]
         zero = frozenset(i for i in lost if rng.random() < 0.5)
         yield Candidate(k, f"random:{r}", sorted(durable + pick + list(zero)), zero)
+
+
+def strict_variants(ops: list[Op], k: int, exposures: list[tuple[Op, Op, int, int]]) -> Iterator[Candidate]:
+    """States of the stricter lens of ``inode_exposures``: for a crash after ``ops[k]`` inside an
+    exposure window, the prefix with the exposed entry cleared (its inode was never written, and
+    fsck removes an entry naming an unallocated inode)."""
+    for entry, _, start, end in exposures:
+        if start <= k < end:
+            parent, name = (entry.parent2, entry.name2) if entry.kind == "rename" else (entry.parent, entry.name)
+            yield Candidate(k, f"inode-lost:{entry.index}", list(range(k + 1)), clear=((parent, name, entry.ino),))

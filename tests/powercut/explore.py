@@ -32,7 +32,7 @@ import tracelog
 import treegen
 from publish_helpers import check_unpublished, env_with
 
-PHASES = ("setup / lock / recovery", "receive into partial", "flush (syncfs of partials)", "rename into files/",
+PHASES = ("setup / lock", "receive into partial", "flush (syncfs of partials)", "rename into files/",
           "build version in staging", "version renamed into place", "latest", "manifest", "cleanup")
 INVARIANTS = ("I1", "I2", "I3", "I4", "I5", "I6", "I7")
 
@@ -127,6 +127,11 @@ def make_workload(work: str, name: str, shape: treegen.Shape, published: int, *,
     ops, rec = tracelog.parse(log, base.copy(), dst)
     os.unlink(log)
     classify(ops)
+    # what the run changed outside the destination: only the source's own state (its manifest cache)
+    stray = sorted(p for p in rec.outside_paths
+                   if not (p.startswith(src + "/") and "/.drsync/" in p + "/") and not p.startswith("/dev/"))
+    if stray:
+        raise AssertionError(f"the push wrote outside the destination and the source's .drsync: {stray[:5]}")
     return Workload(name, src, dst, base, snap, ops, rec.outside_writes, took,
                     new_files=sum(1 for o in ops if o.kind == "rename" and o.phase == PHASES[3]),
                     new_links=sum(1 for o in ops if o.kind == "symlink" and o.phase == PHASES[4]))
@@ -159,28 +164,51 @@ class Figures:
     by_variant: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
     failure_examples: list[str] = field(default_factory=list)
+    i1_examples: list[str] = field(default_factory=list)  # the first few I1 failures (a version on lost data)
     failed_states: int = 0
     converge_runs: int = 0
     converge_failures: int = 0
     converge_examples: list[str] = field(default_factory=list)
     exposures: list[str] = field(default_factory=list)
+    strict_states: int = 0  # states of the stricter inode lens (outside the model), and their failures
+    strict_failures: Counter = field(default_factory=Counter)
+    strict_examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def short(text: str) -> str:
+    """Messages without the generated dataset's long DRS path (``<ds>/`` instead)."""
+    return re.sub(r"CMIP6/CMIP/INST(\d+)/model-\1/historical/r1i1p1f1/Amon/ds_\1/gn/", "<ds>/", text)
 
 
 def describe(o: tracelog.Op) -> str:
     what = f"#{o.index} {o.syscall or o.kind}"
     if o.kind == "rename":
-        return f"{what} {o.path} -> {o.path2}"
+        return short(f"{what} {o.path} -> {o.path2}")
     if o.kind == "symlink":
-        return f"{what} {o.path} -> {o.target!r}"
+        return short(f"{what} {o.path} -> {o.target!r}")
     if o.kind == "write":
-        return f"{what} {o.path} [{o.offset}, +{len(o.data)})"
-    return f"{what} {o.path or '(all)'}"
+        return short(f"{what} {o.path} [{o.offset}, +{len(o.data)})")
+    return short(f"{what} {o.path or '(all)'}")
 
 
-def _invariant(msg: str) -> str:
-    m = re.match(r"(I[1-7])", msg)
+def _invariant(e: Exception) -> str:
+    # the checker raises OSError on what it cannot read (a link to a missing file): "other"
+    m = re.match(r"(I[1-7])", str(e)) if isinstance(e, AssertionError) else None
     return m.group(1) if m else "other"
+
+
+def _check(wl: Workload, state: cs.State, here: str, blobs: str, hasher: cs.Hasher) -> Exception | None:
+    """The checker (I1-I6, and the unpublished-dataset check) on one state; its failure or None."""
+    cs.materialize(state, here, blobs=blobs, hasher=hasher)
+    try:
+        invariants.check(wl.src, here, wl.before_snap)
+        check_unpublished(wl.src, here)
+    except (AssertionError, OSError) as e:
+        return e
+    finally:
+        cs.remove(here)
+    return None
 
 
 def converge(src: str, state: cs.State, where: str) -> None:
@@ -200,7 +228,7 @@ def converge(src: str, state: cs.State, where: str) -> None:
 
 def explore(wl: Workload, *, seed: int = 1, randoms: int = 3, drop_cap: int = 24, converge_budget: int = 0,
             ops: list[tracelog.Op] | None = None, scratch: str | None = None, max_failures: int | None = None,
-            fig: Figures | None = None) -> Figures:
+            fig: Figures | None = None, strict: bool = False) -> Figures:
     """Check every distinct crash state of ``wl`` (or of ``ops``, e.g. without barriers)."""
     t0 = time.monotonic()
     ops = wl.ops if ops is None else ops
@@ -211,7 +239,8 @@ def explore(wl: Workload, *, seed: int = 1, randoms: int = 3, drop_cap: int = 24
         fig.ops[o.kind] += 1
         if o.barrier:
             fig.barriers["syncfs" if o.all_inodes else f"{o.syscall} of a {o.node_kind}"] += 1
-    for entry, created, start, end in cs.inode_exposures(ops, dur):
+    exposures = cs.inode_exposures(ops, dur)
+    for entry, created, start, end in exposures:
         fig.exposures.append(f"{wl.name}: {describe(entry)} is durable from #{start} "
                              f"but the inode made by {describe(created)} is "
                              f"{'never flushed' if end >= cs.NEVER else f'flushed only at #{end}'}")
@@ -246,22 +275,19 @@ def explore(wl: Workload, *, seed: int = 1, randoms: int = 3, drop_cap: int = 24
                 fig.distinct[phase] += 1
                 vclass = cand.variant.split(":")[0]
                 fig.by_variant[vclass] += 1
-                cs.materialize(state, here, blobs=blobs, hasher=hasher)
-                try:
-                    invariants.check(wl.src, here, wl.before_snap)
-                    check_unpublished(wl.src, here)
-                except (AssertionError, OSError) as e:
-                    # the checker raises OSError on what it cannot read (a link to a missing file)
+                e = _check(wl, state, here, blobs, hasher)
+                if e is not None:
                     fig.failed_states += 1
-                    fig.failures[_invariant(str(e)) if isinstance(e, AssertionError) else "other"] += 1
+                    fig.failures[_invariant(e)] += 1
+                    extra = ""
+                    if vclass == "drop-one":
+                        extra = f", dropped {describe(ops[int(cand.variant.split(':')[1])])}"
+                    msg = (f"{wl.name}: crash after {describe(op)} [{phase}], state {cand.variant}{extra}: "
+                           f"{type(e).__name__}: {short(str(e))[:300]}")
                     if len(fig.failure_examples) < 12:
-                        extra = ""
-                        if vclass == "drop-one":
-                            extra = f", dropped {describe(ops[int(cand.variant.split(':')[1])])}"
-                        fig.failure_examples.append(f"{wl.name}: crash after {describe(op)} [{phase}], "
-                                                    f"state {cand.variant}{extra}: {type(e).__name__}: {str(e)[:300]}")
-                finally:
-                    cs.remove(here)
+                        fig.failure_examples.append(msg)
+                    if _invariant(e) == "I1" and len(fig.i1_examples) < 4:
+                        fig.i1_examples.append(msg)
                 if max_failures is not None and fig.failed_states >= max_failures:
                     return fig
                 if fig.converge_runs < converge_budget and (phase, vclass) not in converged:
@@ -271,9 +297,20 @@ def explore(wl: Workload, *, seed: int = 1, randoms: int = 3, drop_cap: int = 24
                         converge(wl.src, state, os.path.join(tmp, "converge"))
                     except AssertionError as e:
                         fig.converge_failures += 1
-                        fig.failures[_invariant(str(e))] += 1
+                        fig.failures[_invariant(e)] += 1
                         fig.converge_examples.append(f"{wl.name}: crash after {describe(op)}, state {cand.variant}: "
-                                                     f"{str(e)[:300]}")
+                                                     f"{short(str(e))[:300]}")
+            if strict:
+                for cand in cs.strict_variants(ops, k, exposures):
+                    state = cs.replay(base, ops, cand.chosen, cand.zero, cand.clear)
+                    fig.strict_states += 1
+                    e = _check(wl, state, here, blobs, hasher)
+                    if e is not None:
+                        fig.strict_failures[_invariant(e)] += 1
+                        if len(fig.strict_examples) < 4:
+                            fig.strict_examples.append(f"{wl.name}: crash after {describe(op)} [{phase}], "
+                                                       f"{describe(ops[int(cand.variant.split(':')[1])])} durable, "
+                                                       f"its inode lost: {short(str(e))[:200]}")
     finally:
         invariants.snapshot = invariants.snapshot.__wrapped__
         cs.remove(tmp)

@@ -301,6 +301,7 @@ class Recorder:
         self.fds: dict[int, _Desc] = {}
         self.ops: list[Op] = []
         self.outside_writes = 0  # mutating calls that landed outside the destination
+        self.outside_paths: set[str] = set()
         self.cwd: str | None = None  # the working directory, as last shown by an AT_FDCWD annotation
 
     # resolution ---------------------------------------------------------------------------
@@ -410,6 +411,16 @@ class Recorder:
             return None
         return desc
 
+    def _outside(self, c: Call) -> None:
+        """Count a mutating call outside the destination, remembering the paths it names."""
+        self.outside_writes += 1
+        for a in c.args:
+            m = _FD.match(a)
+            if m and m.group(2) is not None and m.group(1) != "AT_FDCWD":
+                self.outside_paths.add(os.fsdecode(unescape(m.group(2))))
+            elif a.startswith('"/'):
+                self.outside_paths.add(os.fsdecode(unescape(a.strip('"'))))
+
     # emitting -----------------------------------------------------------------------------
     def emit(self, op: Op) -> None:
         op.index = len(self.ops)
@@ -458,7 +469,7 @@ class Recorder:
         if self._touches(c):
             raise Unmodeled(f"line {c.line}: syscall not modelled on the destination: {c.text[:300]}")
         if c.name not in ("mmap", "munmap", "ioctl"):
-            self.outside_writes += 1
+            self._outside(c)
 
     def _touches(self, c: Call) -> bool:
         """Whether an argument names the destination: an fd bound to it or whose -y path is in it,
@@ -487,7 +498,7 @@ class Recorder:
         if outside is not None:
             self.fds[c.ret] = _Desc(None, c.ret_ann or outside)
             if flags & {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"}:
-                self.outside_writes += 1
+                self._outside(c)
             return
         if ino is None:
             if "O_CREAT" not in flags:
@@ -554,7 +565,7 @@ class Recorder:
         d = self._fd(c.args[0], c)
         if d is None or d.ino is None:
             if d is not None:
-                self.outside_writes += 1
+                self._outside(c)
             return
         data = bytes_arg(c.args[1])[: c.ret]
         if len(data) != c.ret:
@@ -658,7 +669,7 @@ class Recorder:
     def _ns_create(self, c: Call, kind: str, dirarg: str | None, patharg: str, **kw) -> None:
         parent, name, ino, outside = self._at(dirarg, patharg, c)
         if outside is not None:
-            self.outside_writes += 1
+            self._outside(c)
             return
         if ino is not None:
             raise TraceError(f"line {c.line}: created a name the model already has: {c.text[:300]}")
@@ -683,7 +694,7 @@ class Recorder:
     def _remove(self, c: Call, dirarg: str | None, patharg: str, rmdir: bool) -> None:
         parent, name, ino, outside = self._at(dirarg, patharg, c)
         if outside is not None:
-            self.outside_writes += 1
+            self._outside(c)
             return
         if ino is None:
             raise TraceError(f"line {c.line}: removed a name the model lacks: {c.text[:300]}")
@@ -708,7 +719,7 @@ class Recorder:
         a = self._at(d1, p1, c)
         b = self._at(d2, p2, c)
         if a[3] is not None and b[3] is not None:
-            self.outside_writes += 1
+            self._outside(c)
             return
         if a[3] is not None or b[3] is not None:
             raise Unmodeled(f"line {c.line}: a rename across the destination's boundary: {c.text[:300]}")
@@ -741,7 +752,7 @@ class Recorder:
         a = self._at(d1, p1, c, follow_last="AT_SYMLINK_FOLLOW" in flags)
         b = self._at(d2, p2, c)
         if b[3] is not None:
-            self.outside_writes += 1
+            self._outside(c)
             return
         if a[3] is not None or a[2] is None:
             raise Unmodeled(f"line {c.line}: a hard link from outside the destination (--link) is not "
