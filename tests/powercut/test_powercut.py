@@ -113,3 +113,15 @@ def test_an_unmodelled_call_on_the_destination_fails_loudly(tmp_path):
             f'10 openat(AT_FDCWD<{d}>, "{_hex("f")}", O_WRONLY|O_CREAT|O_EXCL, 0600) = 4<{d}/{_hex("f")}>',
             f'10 fallocate(4<{d}/{_hex("f")}>, 0, 0, 4096) = 0',
         ])
+
+
+def test_the_new_latest_link_is_flushed_before_it_is_published(traced):
+    """Regression, found by this harness (docs/powerloss.md): the new `latest` link was made after
+    the version's syncfs, renamed over `latest`, and only the dataset directory was fsynced. On a
+    file system without a journal a directory fsync does not write a new child's inode, so a
+    power cut could leave `latest` naming an unwritten inode (fsck removes it: I2). No published
+    entry may be durable before the inode it names."""
+    dur = cs.durable_at(traced.ops)
+    exposed = [f"{explore.describe(e)} durable at #{start}, inode of {explore.describe(c)} unflushed"
+               for e, c, start, _ in cs.inode_exposures(traced.ops, dur)]
+    assert exposed == []
