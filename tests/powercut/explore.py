@@ -48,12 +48,14 @@ def harness_env() -> dict:
 def classify(ops: list[tracelog.Op]) -> None:
     """Set each op's publish phase from the paths it touches (barriers take the phase of the
     changes they flush)."""
-    prev = PHASES[0]
+    prev = before_latest = PHASES[0]
     manifest_seen = False
     for o in ops:
         p, p2 = o.path or "", o.path2 or ""
         if o.kind == "syncfs":
             ph = PHASES[2] if prev in (PHASES[0], PHASES[1]) else prev
+            if prev == PHASES[6] and before_latest == PHASES[4]:
+                ph = PHASES[4]  # the version's flush, which also covers the new latest link made with it
         elif o.kind == "fsync":
             ph = PHASES[7] if "/.drsync/manifest" in p else prev
         elif p.endswith("/.drsync/lock") or p == ".drsync/lock":
@@ -79,6 +81,8 @@ def classify(ops: list[tracelog.Op]) -> None:
             ph = PHASES[0]
         else:
             ph = prev
+        if ph == PHASES[6] and prev != PHASES[6]:
+            before_latest = prev
         o.phase = ph
         prev = ph
 
@@ -178,7 +182,7 @@ class Figures:
 
 def short(text: str) -> str:
     """Messages without the generated dataset's long DRS path (``<ds>/`` instead)."""
-    return re.sub(r"CMIP6/CMIP/INST(\d+)/model-\1/historical/r1i1p1f1/Amon/ds_\1/gn/", "<ds>/", text)
+    return re.sub(r"CMIP6/CMIP/INST(\d+)/model-\1/historical/r1i1p1f1/Amon/ds_\1/gn(?=/|\b)", "<ds>", text)
 
 
 def describe(o: tracelog.Op) -> str:
