@@ -5,7 +5,8 @@ Order, per dataset (each step is a ``fault_point`` the crash tests kill at):
    checked; one flush for the batch; renames into ``files/<dir>/``; the directories fsynced.
 2. ``publish_version``: ``v<ver>`` built under ``<state>/staging/``, renamed into place with
    RENAME_NOREPLACE: it appears whole or not at all, and never replaces anything.
-3. ``point_latest``: a new symlink beside ``latest``, renamed over it.
+3. ``point_latest``: the new symlink, made in staging (with the newest version, so that its flush
+   covers it), renamed over ``latest``.
 4. ``write_manifest``; then leftovers removed.
 A kill anywhere leaves every visible ``v*`` whole and ``latest`` on a whole version.
 """
@@ -411,9 +412,10 @@ class Receiver:
                 for name, group in groups:
                     make_links(vdir, name, group)
 
-    def publish_version(self, version: str, entries: list[mf.Entry]) -> None:
+    def publish_version(self, version: str, entries: list[mf.Entry], *, latest: bool = False) -> None:
         """Build ``v<version>`` in staging (or take what stage_versions built), flush, then rename
-        it into place; never over anything."""
+        it into place; never over anything. With ``latest`` (this version becomes the new
+        ``latest``) the new link is made in staging too, before the flush, for ``point_latest``."""
         vname = f"v{version}"
         try:
             self.wait_staged()
@@ -421,6 +423,11 @@ class Receiver:
             if version not in self._built:
                 self._build_links(staging, version, entries)
             self._check_files_dirs(entries)
+            if latest:
+                # Made here so that the flush below also writes the new link's inode: point_latest
+                # then fsyncs only the dataset directory, and on a file system without a journal a
+                # directory fsync does not write a new child's inode (docs/powerloss.md).
+                self._make_latest_tmp(staging, version)
             if self.durable:
                 # one flush of the filesystem for every link and directory made in staging, not
                 # an fsync per variable directory (tens of them in a large dataset)
@@ -446,9 +453,12 @@ class Receiver:
             # The new link is made in staging (same filesystem: checked in __init__), not beside
             # `latest`, so a kill here leaves residue only under the state dir (FAULTS §7.1 I6).
             staging = self.state.sub("staging")
-            if staging.try_lstat(LATEST_TMP) is not None:
-                staging.remove_tree(LATEST_TMP)
-            staging.symlink(f"v{version}", LATEST_TMP)
+            st = staging.try_lstat(LATEST_TMP)
+            if st is None or not stat.S_ISLNK(st.st_mode) or staging.readlink(LATEST_TMP) != f"v{version}":
+                # not made (and flushed) by publish_version: `latest` moves to a version already here
+                self._make_latest_tmp(staging, version)
+                if self.durable:
+                    staging.syncfs()
             fault_point("latest_tmp")
             staging.rename(LATEST_TMP, self.ds, layout.LATEST, replace=True)
             if self.durable:
@@ -456,6 +466,12 @@ class Receiver:
         except OSError as err:
             raise _dest_error(err, self.drs, layout.LATEST) from err
         fault_point("after_latest")
+
+    @staticmethod
+    def _make_latest_tmp(staging: Dir, version: str) -> None:
+        if staging.try_lstat(LATEST_TMP) is not None:
+            staging.remove_tree(LATEST_TMP)
+        staging.symlink(f"v{version}", LATEST_TMP)
 
     # --- --delete ---------------------------------------------------------------------------------
     def delete(self, versions: tuple[str, ...], files: tuple[tuple[str, str], ...]) -> None:

@@ -108,7 +108,7 @@ class LocalDestination:
                 delete_versions: tuple[str, ...], delete_files: tuple[tuple[str, str], ...], index: mf.Index) -> None:
         """Steps 2-4 of the protocol: versions, latest, (--delete), manifest; then clean up."""
         for v, entries in versions:
-            self.receiver.publish_version(v, entries)
+            self.receiver.publish_version(v, entries, latest=v == new_latest)
         if new_latest is not None:
             self.receiver.point_latest(new_latest)
         if delete_versions or delete_files:

@@ -458,7 +458,8 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
            "the same machine.")),
         "",
         (f"Scratch trees lived in `{work_dir}`{' (a tmpfs)' if work_dir.startswith('/dev/shm') else ''}. Kills are process deaths, so tmpfs does not "
-        "change what is tested (power loss, D6, is not covered here); it makes a push's duration, and so "
+        "change what is tested (power loss, D6, is explored separately: docs/powerloss.md); it makes a push's "
+        "duration, and so "
         "the kill windows, independent of other disk traffic."),
         "",
         "## Method",
@@ -539,8 +540,14 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
               ("- Recovery runs cost about one unkilled run: they send only what the killed runs had not "
                "finished, but pay the same interpreter start, scan and (over ssh) connection."),
               ""]
+    lines += ["## Power loss (D6)", "",
+              ("The kills above are process deaths. Power loss is explored separately by "
+               "`tests/powercut/powercut.py`: a push traced with strace, every crash state of a no-journal "
+               "persistence model (nothing durable before its fsync or syncfs) checked against I1-I6, a sample of "
+               "them pushed to convergence (I7). Figures in [docs/powerloss.md](powerloss.md); a small version runs "
+               "in the suite (tests/powercut/test_powercut.py)."), ""]
     lines += ["## Not covered here", "",
-              "- D6 power-loss exploration (ALICE / dm-log-writes): not run; kills here are process deaths only.",
+              "- D6 power loss: kills here are process deaths only; see *Power loss (D6)* above.",
               "- The reader probe over ssh runs in the suite (tests/faults/test_reader_probe.py), not here.",
               ""]
     Path(path).write_text("\n".join(lines))
