@@ -33,8 +33,7 @@ LATEST_TMP = ".latest.drsync-tmp"
 BATCH_FILES = 256  # partial fds held open at once while a batch is filled
 FLUSH_FILES = 4096  # files made durable by one syncfs and then renamed into files/ together
 BATCH_BYTES = 256 << 20  # ... or this many bytes, whichever comes first
-PARALLEL_LINKS = 2000  # a version with at least this many links is built by LINK_THREADS threads
-LINK_THREADS = 2
+PARALLEL_LINKS = 2000  # a version with at least this many links is built by two threads (_Staging)
 
 # A batch fetch writes each requested file into its open partial: for every (entry, fd, offset)
 # it writes bytes [offset, entry.size) of the entry's real file at the same offsets of fd, and
@@ -355,9 +354,9 @@ class Receiver:
         """Start building the link trees of ``versions`` in staging on a background thread, so that
         the kernel makes the links while the files arrive. Links are relative names, valid before
         their targets exist, and staging is never visible: nothing here is published. Each
-        ``publish_version`` waits for this work, then flushes and renames as usual."""
+        ``publish_version`` waits for this work (lending a hand), then flushes and renames."""
         if versions and self._staging is None:
-            self._staging = _Staging(self, self.state.sub("staging"), versions)
+            self._staging = _Staging(self.state.sub("staging"), versions, self.drs)
 
     def wait_staged(self, *, cancel: bool = False) -> None:
         """Wait for the background staging (stopped early with ``cancel``); raise its error."""
@@ -379,39 +378,6 @@ class Receiver:
             except (OSError, DrsyncError):
                 pass  # the run's own error is what the user needs; the next run cleans up
 
-    def _build_links(self, staging: Dir, version: str, entries: list[mf.Entry], job: _Staging | None = None) -> None:
-        """``<state>/staging/v<version>/<name>/<file>`` -> ``../../files/<name>_<v>/<file>``."""
-        vname = f"v{version}"
-        by_name: dict[str, list[mf.Entry]] = {}
-        for e in entries:
-            by_name.setdefault(e.name, []).append(e)
-        linked: dict[str, str] = {}  # files dir -> the version it belongs to (checked once per dir)
-        for d in {e.dir for e in entries}:
-            linked[d] = layout.split_files_dir(d, dataset=self.drs)[1]
-
-        def make_links(vdir: Dir, name: str, group: list[mf.Entry]) -> None:
-            if job is not None and job.cancelled:
-                return
-            with vdir.ensure_dir(name) as nd:
-                for e in group:
-                    nd.symlink(layout.canonical_target(e.name, linked[e.dir], e.file), e.file)
-                fault_point("staging")
-
-        staging.remove_tree(vname)
-        with staging.ensure_dir(vname) as vdir:
-            groups = sorted(by_name.items())
-            if len(groups) > 1 and len(entries) >= PARALLEL_LINKS:
-                # The kernel's symlink creation dominates here; variables are separate
-                # directories, so two threads (the GIL is released in each call) make them
-                # side by side. Any error is raised from map() below, as in the serial loop.
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(LINK_THREADS) as pool:
-                    list(pool.map(lambda g: make_links(vdir, *g), groups))
-            else:
-                for name, group in groups:
-                    make_links(vdir, name, group)
-
     def publish_version(self, version: str, entries: list[mf.Entry], *, latest: bool = False) -> None:
         """Build ``v<version>`` in staging (or take what stage_versions built), flush, then rename
         it into place; never over anything. With ``latest`` (this version becomes the new
@@ -421,7 +387,11 @@ class Receiver:
             self.wait_staged()
             staging = self.state.sub("staging")
             if version not in self._built:
-                self._build_links(staging, version, entries)
+                if len(entries) >= PARALLEL_LINKS:
+                    # two threads (this one and a helper), one variable directory at a time
+                    self._built |= _Staging(staging, [(version, entries)], self.drs).wait(False)
+                else:
+                    _Staging.build_here(staging, [(version, entries)], self.drs)
             self._check_files_dirs(entries)
             if latest:
                 # Made here so that the flush below also writes the new link's inode: point_latest
@@ -509,34 +479,81 @@ class Receiver:
 
 
 class _Staging:
-    """The background thread of Receiver.stage_versions: it builds each version's links in
-    staging in turn; its error (or a cancel, checked per variable directory) ends it early."""
+    """Builds versions' link trees in ``<state>/staging``: ``v<version>/<name>/<file>`` ->
+    ``../../files/<name>_<v>/<file>``, one variable directory per task. A background thread takes
+    tasks while the files arrive; whoever then waits (publish_version) takes tasks too, so the
+    links are made by one thread beside the copy and by two once the copy is done. An error, or a
+    cancel, stops both at the next task; the kernel's symlink calls release the GIL."""
 
-    def __init__(self, receiver: Receiver, staging: Dir, versions: list[tuple[str, list[mf.Entry]]]):
+    def __init__(self, staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str):
         import threading
 
         self.cancelled = False
         self.error: BaseException | None = None
-        self.built: set[str] = set()
-
-        def run() -> None:
-            try:
-                for v, entries in versions:
-                    if self.cancelled:
-                        return
-                    receiver._build_links(staging, v, entries, self)
-                    if not self.cancelled:
-                        self.built.add(v)
-            except BaseException as err:  # noqa: BLE001 - handed to the thread that waits
-                self.error = err
-
-        self.thread = threading.Thread(target=run, name="drsync-staging", daemon=True)
+        self.versions = {v for v, _ in versions}
+        self._dirs: list[Dir] = []  # closed once no thread can use them (after the join)
+        self._lock = threading.Lock()
+        self._tasks = _link_tasks(staging, versions, drs, self._dirs)
+        self.thread = threading.Thread(target=self._work, name="drsync-staging", daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def build_here(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str) -> None:
+        """The same tasks, on this thread alone (a small version: a thread would cost more)."""
+        dirs: list[Dir] = []
+        try:
+            for task in _link_tasks(staging, versions, drs, dirs):
+                task()
+        finally:
+            for d in dirs:
+                d.close()
+
+    def _work(self) -> None:
+        while not self.cancelled:
+            try:
+                with self._lock:  # one generator, two threads: advanced under the lock
+                    task = next(self._tasks, None)
+                if task is None:
+                    return
+                task()
+            except BaseException as err:  # noqa: BLE001 - handed to the thread that waits
+                with self._lock:
+                    self.error = self.error or err
+                self.cancelled = True
+                return
+
     def wait(self, cancel: bool) -> set[str]:
-        """Join the thread; return the versions it built, or raise what stopped it."""
+        """Help, then join; return the versions built, or raise what stopped the work."""
         self.cancelled = self.cancelled or cancel
+        self._work()
         self.thread.join()
+        for d in self._dirs:
+            d.close()
         if self.error is not None and not cancel:
             raise self.error
-        return self.built
+        return set() if self.cancelled else self.versions
+
+
+def _link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str, dirs: list[Dir]):
+    """For each version: its directory made afresh in staging (a crashed run's leftover removed),
+    then one task per variable directory making its links."""
+
+    def make_links(vdir: Dir, name: str, group: list[mf.Entry], linked: dict[str, str]) -> None:
+        with vdir.ensure_dir(name) as nd:
+            for e in group:
+                nd.symlink(layout.canonical_target(e.name, linked[e.dir], e.file), e.file)
+        fault_point("staging")
+
+    for version, entries in versions:
+        vname = f"v{version}"
+        by_name: dict[str, list[mf.Entry]] = {}
+        for e in entries:
+            by_name.setdefault(e.name, []).append(e)
+        linked: dict[str, str] = {}  # files dir -> the version it belongs to (checked once per dir)
+        for d in {e.dir for e in entries}:
+            linked[d] = layout.split_files_dir(d, dataset=drs)[1]
+        staging.remove_tree(vname)
+        vdir = staging.ensure_dir(vname)
+        dirs.append(vdir)
+        for name, group in sorted(by_name.items()):
+            yield lambda vdir=vdir, name=name, group=group, linked=linked: make_links(vdir, name, group, linked)

@@ -54,16 +54,42 @@ def test_each_version_is_built_once(tmp_path, monkeypatch):
     [ds] = treegen.make_node(src, SHAPE)
     dst = str(tmp_path / "b")
     built = []
-    real = publish.Receiver._build_links
+    real = publish._link_tasks
 
-    def build(self, staging, version, entries, job=None):
-        built.append((version, threading.current_thread().name))
-        return real(self, staging, version, entries, job)
+    def tasks(staging, versions, drs, dirs):
+        built.extend((v, threading.current_thread().name) for v, _ in versions)
+        return real(staging, versions, drs, dirs)
 
-    monkeypatch.setattr(publish.Receiver, "_build_links", build)
+    monkeypatch.setattr(publish, "_link_tasks", tasks)
     assert drsync.push(src, dst).exit_code == 0
-    assert sorted(v for v, _ in built) == sorted(ds.versions)
-    assert {name for _, name in built} == {"drsync-staging"}
+    assert sorted(v for v, _ in built) == sorted(ds.versions)  # one job for all of them
+    invariants.check_converged(src, dst)
+
+
+def test_the_waiting_thread_helps_with_the_links(tmp_path, monkeypatch):
+    """Once the files are in, publish_version takes variable directories too: links are made by
+    the staging thread and by the main thread."""
+    src = str(tmp_path / "a")
+    treegen.make_node(src, treegen.Shape(datasets=1, variables=8, files=30, versions=1, added=0, removed=0))
+    dst = str(tmp_path / "b")
+    makers = set()
+    real = Dir.symlink
+    gate = threading.Event()
+
+    def symlink(self, target, name):
+        if target.startswith("../../files/"):  # a version's link (not the new `latest`)
+            me = threading.current_thread().name
+            first = not makers
+            makers.add(me)
+            if me == "drsync-staging" and first:
+                gate.wait(10)  # hold the staging thread until the main thread has made a link too
+            elif me != "drsync-staging":
+                gate.set()
+        return real(self, target, name)
+
+    monkeypatch.setattr(Dir, "symlink", symlink)
+    assert drsync.push(src, dst).exit_code == 0
+    assert makers >= {"MainThread", "drsync-staging"}
     invariants.check_converged(src, dst)
 
 
