@@ -539,6 +539,9 @@ def write_report(path: str, args, command: str, figs: list[Figures], race: list[
               "verified by digest before it is renamed into `files/`."),
               ("- Recovery runs cost about one unkilled run: they send only what the killed runs had not "
                "finished, but pay the same interpreter start, scan and (over ssh) connection."),
+              ("- The new version's links are built in `.drsync/staging` while the files are copied, so "
+               "*staging built* (staging non-empty) also collects kills during the copy, "
+               "once the link thread has made its first directory (it is binned after *partials growing* and *files/ growing*)."),
               ""]
     lines += ["## Power loss (D6)", "",
               ("The kills above are process deaths. Power loss is explored separately by "
