@@ -24,55 +24,18 @@ from . import layout
 from . import manifest as mf
 from .errors import ConflictError, DestinationIOError, DrsyncError, IntegrityError, UnsafeInputError
 from .events import Events
+from .fetch import FetchBatch, Received, SourceChanged
 from .fsutil import Dir, fault_point
 from .scan import hash_fd
 from .scan import hash_file as hash_fd_at
+from .staging import Staging
 from .state import StateDir
 
 LATEST_TMP = ".latest.drsync-tmp"
 BATCH_FILES = 256  # partial fds held open at once while a batch is filled
 FLUSH_FILES = 4096  # files made durable by one syncfs and then renamed into files/ together
 BATCH_BYTES = 256 << 20  # ... or this many bytes, whichever comes first
-PARALLEL_LINKS = 2000  # a version with at least this many links is built by two threads (_Staging)
-
-# A batch fetch writes each requested file into its open partial: for every (entry, fd, offset)
-# it writes bytes [offset, entry.size) of the entry's real file at the same offsets of fd, and
-# returns, in order, the source's permission bits or a SourceChanged for a source that moved on.
-# One call per batch lets a remote source stream the whole batch without a round trip per file.
-FetchBatch = Callable[[list[tuple[mf.Entry, int, int]]], list["int | SourceChanged"]]
-
-
-class SourceChanged(Exception):
-    """The source file no longer matches its manifest entry (size, or it vanished)."""
-
-
-def fetch_each(fetch: Callable[[mf.Entry, int, int], int], items: list[tuple[mf.Entry, int, int]]) -> list:
-    """A FetchBatch from a one-file ``fetch(entry, fd, offset) -> mode``, for sources whose files
-    are fetched one after another: a SourceChanged becomes that file's result, not an abort."""
-    out: list = []
-    for e, fd, offset in items:
-        try:
-            out.append(fetch(e, fd, offset))
-        except SourceChanged as why:
-            out.append(why)
-    return out
-
-
-class Received:
-    """What a transfer brought: files and bytes (a plain class: a dataclass costs start-up time)."""
-
-    __slots__ = ("bytes", "files")
-
-    def __init__(self, files: int = 0, bytes: int = 0) -> None:
-        self.files = files
-        self.bytes = bytes
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Received) and (self.files, self.bytes) == (other.files, other.bytes)
-
-    def __repr__(self) -> str:
-        return f"Received(files={self.files}, bytes={self.bytes})"
-
+PARALLEL_LINKS = 2000  # a version with at least this many links is built by two threads (Staging)
 
 def _dest_error(e: OSError, drs: str, path: str) -> DrsyncError:
     # open(O_DIRECTORY|O_NOFOLLOW) on a symlink fails with ENOTDIR on Linux, not ELOOP
@@ -93,7 +56,7 @@ class Receiver:
         self.durable = durable
         # digests computed here for sizes-only entries (SFTP fallback source): (dir, file) -> digest
         self.learned: dict[tuple[str, str], str] = {}
-        self._staging: _Staging | None = None  # the background link building of stage_versions
+        self._staging: Staging | None = None  # the background link building of stage_versions
         self._built: set[str] = set()  # versions whose links stage_versions made in staging
         if os.fstat(state.dir.fd).st_dev != os.fstat(ds.fd).st_dev:
             raise DestinationIOError("--state-dir must be on the same filesystem as the destination "
@@ -104,9 +67,7 @@ class Receiver:
         """Remove what a crashed run left that is not worth keeping: staging and tmp links.
         Partials stay: they are resumed, and only trusted after their digest checks out."""
         fault_point("cleanup")
-        staging = self.state.sub("staging")
-        for name in staging.listdir():
-            staging.remove_tree(name)
+        self._clear_staging()
         st = self.ds.try_lstat(LATEST_TMP)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             self.ds.unlink(LATEST_TMP)
@@ -356,7 +317,7 @@ class Receiver:
         their targets exist, and staging is never visible: nothing here is published. Each
         ``publish_version`` waits for this work (lending a hand), then flushes and renames."""
         if versions and self._staging is None:
-            self._staging = _Staging(self.state.sub("staging"), versions, self.drs)
+            self._staging = Staging(self.state.sub("staging"), versions, self.drs)
 
     def wait_staged(self, *, cancel: bool = False) -> None:
         """Wait for the background staging (stopped early with ``cancel``); raise its error."""
@@ -371,12 +332,15 @@ class Receiver:
         self.wait_staged(cancel=True)
         if started:
             try:
-                staging = self.state.sub("staging")
-                for name in staging.listdir():
-                    if layout.is_version_dir(name):
-                        staging.remove_tree(name)
+                self._clear_staging()
             except (OSError, DrsyncError):
                 pass  # the run's own error is what the user needs; the next run cleans up
+
+    def _clear_staging(self) -> None:
+        """Remove everything in staging: nothing there is published, or ever will be as it is."""
+        staging = self.state.sub("staging")
+        for name in staging.listdir():
+            staging.remove_tree(name)
 
     def publish_version(self, version: str, entries: list[mf.Entry], *, latest: bool = False) -> None:
         """Build ``v<version>`` in staging (or take what stage_versions built), flush, then rename
@@ -389,9 +353,9 @@ class Receiver:
             if version not in self._built:
                 if len(entries) >= PARALLEL_LINKS:
                     # two threads (this one and a helper), one variable directory at a time
-                    self._built |= _Staging(staging, [(version, entries)], self.drs).wait(False)
+                    self._built |= Staging(staging, [(version, entries)], self.drs).wait(False)
                 else:
-                    _Staging.build_here(staging, [(version, entries)], self.drs)
+                    Staging.build_here(staging, [(version, entries)], self.drs)
             self._check_files_dirs(entries)
             if latest:
                 # Made here so that the flush below also writes the new link's inode: point_latest
@@ -476,84 +440,3 @@ class Receiver:
             self.state.save(index, new_entries, durable=self.durable)
         except OSError as err:
             raise _dest_error(err, self.drs, os.path.join(self.state.dir.path, "manifest")) from err
-
-
-class _Staging:
-    """Builds versions' link trees in ``<state>/staging``: ``v<version>/<name>/<file>`` ->
-    ``../../files/<name>_<v>/<file>``, one variable directory per task. A background thread takes
-    tasks while the files arrive; whoever then waits (publish_version) takes tasks too, so the
-    links are made by one thread beside the copy and by two once the copy is done. An error, or a
-    cancel, stops both at the next task; the kernel's symlink calls release the GIL."""
-
-    def __init__(self, staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str):
-        import threading
-
-        self.cancelled = False
-        self.error: BaseException | None = None
-        self.versions = {v for v, _ in versions}
-        self._dirs: list[Dir] = []  # closed once no thread can use them (after the join)
-        self._lock = threading.Lock()
-        self._tasks = _link_tasks(staging, versions, drs, self._dirs)
-        self.thread = threading.Thread(target=self._work, name="drsync-staging", daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def build_here(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str) -> None:
-        """The same tasks, on this thread alone (a small version: a thread would cost more)."""
-        dirs: list[Dir] = []
-        try:
-            for task in _link_tasks(staging, versions, drs, dirs):
-                task()
-        finally:
-            for d in dirs:
-                d.close()
-
-    def _work(self) -> None:
-        while not self.cancelled:
-            try:
-                with self._lock:  # one generator, two threads: advanced under the lock
-                    task = next(self._tasks, None)
-                if task is None:
-                    return
-                task()
-            except BaseException as err:  # noqa: BLE001 - handed to the thread that waits
-                with self._lock:
-                    self.error = self.error or err
-                self.cancelled = True
-                return
-
-    def wait(self, cancel: bool) -> set[str]:
-        """Help, then join; return the versions built, or raise what stopped the work."""
-        self.cancelled = self.cancelled or cancel
-        self._work()
-        self.thread.join()
-        for d in self._dirs:
-            d.close()
-        if self.error is not None and not cancel:
-            raise self.error
-        return set() if self.cancelled else self.versions
-
-
-def _link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str, dirs: list[Dir]):
-    """For each version: its directory made afresh in staging (a crashed run's leftover removed),
-    then one task per variable directory making its links."""
-
-    def make_links(vdir: Dir, name: str, group: list[mf.Entry], linked: dict[str, str]) -> None:
-        with vdir.ensure_dir(name) as nd:
-            for e in group:
-                nd.symlink(layout.canonical_target(e.name, linked[e.dir], e.file), e.file)
-        fault_point("staging")
-
-    for version, entries in versions:
-        vname = f"v{version}"
-        by_name: dict[str, list[mf.Entry]] = {}
-        for e in entries:
-            by_name.setdefault(e.name, []).append(e)
-        linked: dict[str, str] = {}  # files dir -> the version it belongs to (checked once per dir)
-        for d in {e.dir for e in entries}:
-            linked[d] = layout.split_files_dir(d, dataset=drs)[1]
-        staging.remove_tree(vname)
-        vdir = staging.ensure_dir(vname)
-        dirs.append(vdir)
-        for name, group in sorted(by_name.items()):
-            yield lambda vdir=vdir, name=name, group=group, linked=linked: make_links(vdir, name, group, linked)

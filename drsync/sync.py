@@ -16,8 +16,8 @@ from . import layout
 from . import manifest as mf
 from .errors import ConflictError, DrsyncError, UsageError
 from .events import Events
+from .fetch import Received
 from .plan import DatasetPlan, Options, Plan, diff_dataset
-from .publish import Received
 from .retry import Retries
 from .scan import DatasetManifest
 from .transports.local import LocalDestination, LocalNode

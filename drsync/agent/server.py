@@ -14,9 +14,9 @@ from .. import __version__, layout
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
+from ..fetch import SourceChanged
 from ..fsutil import fault_point
 from ..plan import Options
-from ..publish import SourceChanged
 from ..transports.local import LocalNode
 from . import protocol as p
 from . import silence

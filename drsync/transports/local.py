@@ -14,10 +14,11 @@ from .. import layout
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
+from ..fetch import FetchBatch, Received, SourceChanged, fetch_each
 from ..fsutil import Dir, copy_fd, fault_point
 from ..manifest import Entry
 from ..plan import Options
-from ..publish import FetchBatch, Received, Receiver, SourceChanged, _dest_error, fetch_each
+from ..publish import Receiver, _dest_error
 from ..scan import DatasetManifest, find_datasets, refresh
 from ..state import Lock, StateDir
 
@@ -67,7 +68,7 @@ class LocalSource:
             os.close(sfd)
 
     def fetch_batch(self, items: list[tuple[Entry, int, int]]) -> list:
-        """The receiver's batch fetch (see publish.FetchBatch): one local copy after another."""
+        """The receiver's batch fetch (see fetch.FetchBatch): one local copy after another."""
         return fetch_each(self.fetch, items)
 
     def link(self, e: Entry, partial: Dir, name: str) -> None:

@@ -16,8 +16,8 @@ from ..agent import protocol as p
 from ..agent.server import recv_file, send_file
 from ..errors import ConnectionFailure, UsageError
 from ..events import Events
+from ..fetch import Received
 from ..plan import Options
-from ..publish import Received
 from ..scan import DatasetManifest
 from .ssh import open_channel, parse_spec
 

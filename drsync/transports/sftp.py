@@ -32,8 +32,8 @@ from ..errors import (
     UsageError,
 )
 from ..events import Events
+from ..fetch import SourceChanged, fetch_each
 from ..plan import Options
-from ..publish import SourceChanged, fetch_each
 from ..scan import DatasetManifest
 from .sftp_publish import SftpDestination
 from .sftp_walk import _is_dataset, _Walker

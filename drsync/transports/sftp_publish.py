@@ -19,7 +19,8 @@ import xxhash
 from .. import layout
 from .. import manifest as mf
 from ..errors import ConflictError, DestinationIOError, DrsyncError, IntegrityError, UnsafeInputError
-from ..publish import LATEST_TMP, Received, Receiver, SourceChanged
+from ..fetch import Received, SourceChanged
+from ..publish import LATEST_TMP, Receiver
 from ..scan import DatasetManifest
 from .sftp_wire import CHUNK, _check, _is_conn_error, _lost, _pipelined, _SSHException, _throttle
 

@@ -1,4 +1,4 @@
-"""Big versions are linked by two threads, one variable directory each (publish.PARALLEL_LINKS, _Staging):
+"""Big versions are linked by two threads, one variable directory each (publish.PARALLEL_LINKS, staging.Staging):
 the tree is the same as the serial build, and an error in one thread still publishes nothing."""
 
 from __future__ import annotations

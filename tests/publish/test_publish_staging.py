@@ -11,7 +11,7 @@ import invariants
 import treegen
 
 import drsync
-from drsync import publish
+from drsync import publish, staging
 from drsync.events import Events
 from drsync.fsutil import Dir
 from drsync.transports.local import LocalNode
@@ -54,13 +54,13 @@ def test_each_version_is_built_once(tmp_path, monkeypatch):
     [ds] = treegen.make_node(src, SHAPE)
     dst = str(tmp_path / "b")
     built = []
-    real = publish._link_tasks
+    real = staging.link_tasks
 
     def tasks(staging, versions, drs, dirs):
         built.extend((v, threading.current_thread().name) for v, _ in versions)
         return real(staging, versions, drs, dirs)
 
-    monkeypatch.setattr(publish, "_link_tasks", tasks)
+    monkeypatch.setattr(staging, "link_tasks", tasks)
     assert drsync.push(src, dst).exit_code == 0
     assert sorted(v for v, _ in built) == sorted(ds.versions)  # one job for all of them
     invariants.check_converged(src, dst)

@@ -56,3 +56,26 @@ def test_an_agent_without_dest_stage_gets_the_entries_with_the_publish(tmp_path,
     r = drsync.push(src, f"drsync-test:{remote}", opts)
     assert r.exit_code == 0, [e.line() for e in r.errors]
     invariants.check_converged(src, remote)
+
+
+def test_each_link_travels_once(tmp_path, sshd_server, ssh_client_env, monkeypatch):
+    """The entries go with dest_stage; dest_publish names the staged versions without rows."""
+    from drsync.agent import protocol
+
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    sent = []
+    real = protocol.Stream.send
+
+    def send(self, msg):
+        if isinstance(msg, dict) and msg.get("op") in ("dest_stage", "dest_publish"):
+            sent.append((msg["op"], [(v, rows) for v, rows in msg.get("versions") or []]))
+        return real(self, msg)
+
+    monkeypatch.setattr(protocol.Stream, "send", send)
+    r = drsync.push(src, f"drsync-test:{tmp_path / 'b'}", drsync.Options(drsync_path=AGENT, retries=0))
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    (stage_op, staged), (publish_op, published) = sent
+    assert (stage_op, publish_op) == ("dest_stage", "dest_publish")
+    assert [v for v, _ in staged] == [v for v, _ in published] == list(ds.versions)
+    assert all(rows for _, rows in staged) and all(rows is None for _, rows in published)
