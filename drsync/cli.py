@@ -217,6 +217,27 @@ COMMANDS = {"agent": cmd_agent, "diff": cmd_transfer, "push": cmd_transfer, "pul
             "scan": cmd_scan, "demo": cmd_demo, "mirror": cmd_mirror}
 
 
+def _import_ssh_library(backend: str) -> None:
+    """Import the SSH library a run over ssh is about to use now, so that _freeze_imports covers it."""
+    if backend == "paramiko":
+        import paramiko  # noqa: F401
+    elif backend == "asyncssh":
+        from .transports.ssh_asyncssh import import_asyncssh
+
+        import_asyncssh()
+
+
+def _freeze_imports() -> None:
+    """Move everything imported so far out of the garbage collector's sight (gc.freeze): modules,
+    classes and functions live until the process exits, yet each full collection would walk them
+    all again. After importing an SSH library (some 100,000 objects) a full collection costs ~10 ms,
+    and a run's allocations trigger several. Only the `drsync` executable does this, once: a library
+    caller's objects are not drsync's to freeze."""
+    import gc
+
+    gc.freeze()
+
+
 def _quiet_library_logs() -> None:
     """asyncio and the SSH libraries log through `logging` (asyncio: "socket.send() raised
     exception." after a reset); with no handler Python prints those to stderr. A failure reaches
@@ -228,7 +249,8 @@ def _quiet_library_logs() -> None:
         root.addHandler(logging.NullHandler())
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, freeze: bool = False) -> int:
+    """Run one command; ``freeze`` (the `drsync` executable, run()): see _freeze_imports."""
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["agent"]:
         command, args = cmd_agent, None  # the remote half, started per connection: no parser to build
@@ -237,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         command = COMMANDS[args.command]
         if args.command == "mirror" or any(isinstance(v, str) and is_remote(v) for v in vars(args).values()):
             _quiet_library_logs()  # only runs that may use an SSH library pay for importing logging
+            if args.command != "mirror":
+                _import_ssh_library(getattr(args, "ssh_backend", "asyncssh"))
+    if freeze:
+        _freeze_imports()
     try:
         return command(args)
     except DrsyncError as e:
@@ -258,7 +284,7 @@ def run() -> None:
 
     # SIGTERM stops like SIGINT: at the next Python instruction, with the lock released.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    leave(main())
+    leave(main(freeze=True))
 
 
 def leave(code: int) -> None:

@@ -60,3 +60,29 @@ def test_leave_flushes_stdio_runs_atexit_and_waits_for_threads(tmp_path, mode):
     assert open(mark + ".atexit").read() == "ran"
     if mode == "thread":
         assert open(mark + ".thread").read() == "ran"
+
+
+FREEZE = r"""
+import gc, sys
+from drsync import cli
+seen = {}
+real = cli.COMMANDS["diff"]
+def spy(args):  # what the command finds when it starts
+    seen["frozen"] = gc.get_freeze_count()
+    seen["ssh library"] = "asyncssh" in sys.modules
+    return 0
+cli.COMMANDS["diff"] = spy
+cli.main(["diff", "-q", sys.argv[1], "host:/b"], freeze=sys.argv[2] == "yes")
+print(seen["frozen"] > 0, seen["ssh library"])
+"""
+
+
+@pytest.mark.parametrize("freeze", ["yes", "no"])
+def test_the_executable_freezes_its_imports_ssh_library_included(tmp_path, freeze):
+    """run() (the `drsync` executable) calls main(freeze=True): everything imported, the SSH library
+    of a run over ssh included, is out of the collector's sight before the command starts. A
+    library caller's main() leaves the collector alone."""
+    r = subprocess.run([sys.executable, "-c", FREEZE, str(tmp_path), freeze], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(freeze == "yes"), "True"]
