@@ -14,29 +14,57 @@ from .linkerrors import connect_failure, lost
 from .ssh import Channel, Target, changed_key, revoked_key, unknown_key
 
 
-def _quick_find_library(name: str) -> str | None:
-    """ctypes.util.find_library without its fallbacks that spawn ldconfig, gcc and ld (tens of ms):
-    a glob of the usual library directories, plus LD_LIBRARY_PATH."""
-    import glob
+def _library_dirs() -> list[str]:
     import sysconfig
 
     dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
     arch = sysconfig.get_config_var("MULTIARCH") or ""
     for base in ("/usr/local/lib", "/usr/lib", "/lib", "/usr/lib64", "/lib64"):
         dirs += [os.path.join(base, arch), base] if arch else [base]
-    for d in dirs:
+    return dirs
+
+
+_listings: dict[str, list[str]] = {}
+
+
+def _listing(d: str) -> list[str]:
+    """The ``lib*.so*`` names in directory ``d``, listed once per process (asyncssh asks for
+    several libraries, and a distribution's library directory holds a thousand names)."""
+    got = _listings.get(d)
+    if got is None:
+        try:
+            got = sorted(n for n in os.listdir(d) if n.startswith("lib") and ".so" in n)
+        except OSError:
+            got = []
+        _listings[d] = got
+    return got
+
+
+def _quick_find_library(name: str) -> str | None:
+    """ctypes.util.find_library without its fallbacks that spawn ldconfig, gcc and ld (tens of ms):
+    a look at the usual library directories, plus LD_LIBRARY_PATH."""
+    versioned, bare = f"lib{name}.so.", f"lib{name}.so"
+    for d in _library_dirs():
+        names = _listing(d)
         # the versioned name first, like the soname find_library returns (a bare libX.so may be
         # a linker script)
-        found = sorted(glob.glob(os.path.join(d, f"lib{name}.so.*"))) or glob.glob(os.path.join(d, f"lib{name}.so"))
+        found = [n for n in names if n.startswith(versioned)] or [n for n in names if n == bare]
         if found:
-            return os.path.basename(found[0])
+            return found[0]
     return None
 
 
+# asyncssh's X.509 certificate support (cryptography.x509: ~12 ms of import). OpenSSH has no X.509
+# host keys or user certificates, and asyncssh is written to run without the module (it then
+# reports X.509 as unavailable), so a run that is about to talk to sshd does not load it.
+_X509 = "asyncssh.crypto.x509"
+
+
 def import_asyncssh():
-    """``import asyncssh``, without the ~20 ms its post-quantum shim spends at import time asking
-    ctypes.util.find_library for liboqs (which runs ldconfig and gcc). liboqs is still found, and
-    used, wherever it is installed in a library directory."""
+    """``import asyncssh``, without two costs a run against OpenSSH gains nothing from: the ~20 ms
+    its post-quantum shim spends at import time asking ctypes.util.find_library for liboqs (which
+    runs ldconfig and gcc; liboqs is still found, and used, wherever it is installed in a library
+    directory), and its X.509 module (``_X509``, blocked the documented way: None in sys.modules)."""
     import sys
 
     if "asyncssh" in sys.modules:
@@ -45,10 +73,13 @@ def import_asyncssh():
 
     real = ctypes.util.find_library
     ctypes.util.find_library = _quick_find_library
+    blocked = sys.modules.setdefault(_X509, None) is None
     try:
         import asyncssh
     finally:
         ctypes.util.find_library = real
+        if blocked and sys.modules.get(_X509, 0) is None:
+            del sys.modules[_X509]
     return asyncssh
 
 

@@ -87,3 +87,13 @@ def test_asyncssh_import_finds_libraries_without_spawning(monkeypatch):
         assert found is not None and found.startswith(f"lib{name}.so.")
         ctypes.CDLL(found)
     assert _quick_find_library("drsync-no-such-library") is None
+
+
+def test_asyncssh_is_imported_without_its_x509_module():
+    """X.509 is of no use against OpenSSH: import_asyncssh leaves cryptography.x509 unloaded, asyncssh
+    knows it (no X.509 algorithms offered), and the block does not outlive the import."""
+    code = ("import sys; from drsync.transports.ssh_asyncssh import import_asyncssh, _X509; a = import_asyncssh(); "
+            "print('cryptography.x509' in sys.modules, a.public_key._x509_available, "
+            "a.connection.get_default_x509_certificate_algs(), _X509 in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "[]", "False"]
