@@ -120,6 +120,21 @@ for t in threads: t.join()
 """
 
 
+# The floor of any drsync run over ssh with the default backend: interpreter and imports, asyncssh's
+# connect and authentication, the remote shell starting `drsync agent`, up to the agent's greeting
+# (drsync's own connect code; no request sent). argv: NODE-SPEC REMOTE-DRSYNC.
+AGENT_PROBE = r"""
+import os, sys
+from drsync.transports import ssh
+ch = ssh.open_channel(ssh.parse_spec(sys.argv[1]), backend="asyncssh", drsync_path=sys.argv[2], accept_new=False)
+line = ch.read(256)
+ok = line.startswith(b"DRSYNC-AGENT/")
+sys.stdout.flush()
+os._exit(0 if ok else 3)
+"""
+AGENT_FLOOR = "asyncssh session up to the remote `drsync agent`'s greeting"
+
+
 def run_child(argv: list[str] | str, env: dict, outdir: Path, tag: str) -> tuple[float, float, int, int, str, str]:
     """Run ``argv`` (a list, or a shell string), wait with wait4: (wall, cpu, maxrss, rc, out, err)."""
     out_p, err_p = outdir / f"{tag}.out", outdir / f"{tag}.err"
@@ -431,7 +446,10 @@ class Bench:
             probes += [("one OpenSSH session running `true` (`ssh HOST true`: handshake, auth, remote shell)",
                         ["ssh", "-F", cfg, ALIAS, "true"]),
                        ("one OpenSSH session starting the remote drsync (`ssh HOST drsync --version`)",
-                        ["ssh", "-F", cfg, ALIAS, f"{DRSYNC_REMOTE} --version"])]
+                        ["ssh", "-F", cfg, ALIAS, f"{DRSYNC_REMOTE} --version"]),
+                       (f"{AGENT_FLOOR} (interpreter, drsync's and asyncssh's imports, connect, authenticate, "
+                        "remote shell, agent start-up; no request: what every default drsync run over ssh pays "
+                        "first)", [py, "-c", AGENT_PROBE, f"{ALIAS}:/", DRSYNC_REMOTE])]
         if links is not None:
             n, dirs = links
             probes.append(((f"python start-up + {n:,} symlinks in {dirs} new directories, 2 threads (what the kernel "
@@ -808,6 +826,39 @@ def machine_facts() -> list[tuple[str, str]]:
     ]
 
 
+def ssh_floor_lines(cases: list[Case], summaries: dict, floor_rows) -> list[str]:
+    """For one new version over ssh: the §9 budget against a floor measured in this run, the agent
+    session floor (AGENT_FLOOR, min) + the same new version received and published locally (drsync's
+    one-new-version local median minus its no-op local median: the work beyond start-up)."""
+    session = next((a for w, a, _ in floor_rows if w.startswith(AGENT_FLOOR)), None)
+    if session is None:
+        return []
+    by = {c.name: c for c in cases}
+    out = []
+    for shape in ("SMALL", "LARGE"):
+        ssh_c, new_c, noop_c = (by.get(f"{k}-{shape}-{t}") for k, t in
+                                (("onenew", "ssh"), ("onenew", "local"), ("noop", "local")))
+        if not (ssh_c and new_c and noop_c):
+            continue
+        rsync = next((r for r in summaries[ssh_c.name] if r["tool"] == "rsync"), None)
+        new = next((r for r in summaries[new_c.name] if r["tool"] == "drsync"), None)
+        noop = next((r for r in summaries[noop_c.name] if r["tool"] == "drsync"), None)
+        if not (rsync and new and noop):
+            continue
+        work = max(0.0, new["median"] - noop["median"])
+        budget = rsync["median"] / ssh_c.target
+        best = min(r["median"] for r in summaries[ssh_c.name] if r["tool"] == "drsync")
+        out.append(f"* **one new version, {shape}, over ssh**: the §9 budget is rsync's {rsync['median']:.3f} s / "
+                   f"{ssh_c.target:g} = **{budget:.3f} s**. A floor for drsync: the agent session above "
+                   f"({session:.3f} s, min) + the same new version planned, received, flushed and published by a "
+                   f"local run ({work:.3f} s: one new version minus no-op, local, medians) = "
+                   f"**{session + work:.3f} s**, before a byte crosses the wire; drsync's best median here: "
+                   f"{best:.3f} s.")
+    if out:
+        out = ["Budget against floor, from this run's numbers:", ""] + out + [""]
+    return out
+
+
 def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, notes: list[str], floor_rows, png: str | None,
                    started: float) -> None:
     lines = ["# Benchmarks: drsync against `rsync -a` and `cp -a`", ""]
@@ -925,6 +976,7 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
                   "session starting the remote drsync; rsync pays one OpenSSH session and rsync's own start-up.",
                   "", "| what | min s | median s |", "|---|---|---|"]
         lines += [f"| {w} | {a:.3f} | {m:.3f} |" for w, a, m in floor_rows] + [""]
+        lines += ssh_floor_lines(cases, summaries, floor_rows)
     lines += ["## Workloads", ""] + [f"* {n}" for n in notes] + ["", "## Raw wall times (s, in run order)", "",
                                                                   "<details><summary>all timed runs</summary>", ""]
     for c in cases:
