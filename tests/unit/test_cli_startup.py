@@ -86,3 +86,22 @@ def test_the_executable_freezes_its_imports_ssh_library_included(tmp_path, freez
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(freeze == "yes"), "True"]
+
+
+def test_parsing_a_command_line_does_not_ask_shutil(monkeypatch):
+    """argparse asks shutil for the terminal width whenever it builds a formatter (once per option);
+    drsync's formatter asks the terminal itself, sparing every run shutil's import (with bz2 and
+    lzma). Same answer as shutil: $COLUMNS first."""
+    import shutil
+
+    from drsync import cli_args
+
+    monkeypatch.setenv("COLUMNS", "57")
+    assert cli_args._columns() == shutil.get_terminal_size().columns == 57
+    import argparse
+
+    assert cli_args._Formatter("drsync")._width == argparse.HelpFormatter("drsync")._width == 55
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: pytest.fail("asked shutil"))
+    for argv in ARGVS:
+        cli.build_parser(argv[0]).parse_args(argv)
+    assert cli.build_parser().format_help().startswith("usage: drsync [-h] [--version] COMMAND")
