@@ -10,11 +10,20 @@ import json
 import os
 import sys
 
-from .cli_args import DEFAULT_RETRIES, DEFAULT_TIMEOUT, EXIT_INTERRUPTED, build_parser
-from .errors import DrsyncError, UsageError, escape
+from .errors import EXIT_INTERRUPTED, DrsyncError, UsageError, escape
 from .events import Events
 from .plan import Options
+from .retry import DEFAULT_RETRIES
 from .sync import is_remote
+
+
+def build_parser(only: str | None = None):
+    """The argument grammar (cli_args.build_parser), imported when a command line is parsed: the
+    remote agent, started by every run over ssh, needs none of it (argparse and the help texts,
+    ~4 ms)."""
+    from .cli_args import build_parser as build
+
+    return build(only)
 
 
 class CliEvents(Events):
@@ -77,7 +86,7 @@ def _options(args):
         accept_new=getattr(args, "accept_new", False),
         drsync_path=getattr(args, "drsync_path", "drsync"),
         retries=getattr(args, "retries", DEFAULT_RETRIES),
-        timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
+        timeout=getattr(args, "timeout", Options.timeout),
     )
 
 

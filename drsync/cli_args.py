@@ -11,13 +11,11 @@ import os
 import sys
 
 from . import __version__
-from .errors import EXIT_CODES, DrsyncError
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, DrsyncError
 from .plan import Options
 from .retry import DEFAULT_RETRIES
 
 DEFAULT_TIMEOUT = Options.timeout
-
-EXIT_INTERRUPTED = 20
 
 EXIT_TABLE = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items()) + \
     f"\n  {EXIT_INTERRUPTED} interrupted (SIGINT/SIGTERM); the next run resumes"

@@ -17,6 +17,7 @@ EXIT_CODES = {
     7: "another run holds the destination's lock",
     8: "integrity: a file's bytes did not match its digest after one retry",
 }
+EXIT_INTERRUPTED = 20  # SIGINT/SIGTERM: not an error class, the CLI's own exit
 
 
 def escape(text: object) -> str:
