@@ -86,7 +86,7 @@ def _options(args):
         accept_new=getattr(args, "accept_new", False),
         drsync_path=getattr(args, "drsync_path", "drsync"),
         retries=getattr(args, "retries", DEFAULT_RETRIES),
-        timeout=getattr(args, "timeout", Options.timeout),
+        timeout=getattr(args, "timeout", Options._field_defaults["timeout"]),
     )
 
 

@@ -15,7 +15,7 @@ from .errors import EXIT_CODES, EXIT_INTERRUPTED, DrsyncError
 from .plan import Options
 from .retry import DEFAULT_RETRIES
 
-DEFAULT_TIMEOUT = Options.timeout
+DEFAULT_TIMEOUT = Options._field_defaults["timeout"]
 
 EXIT_TABLE = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items()) + \
     f"\n  {EXIT_INTERRUPTED} interrupted (SIGINT/SIGTERM); the next run resumes"

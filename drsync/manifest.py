@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections import namedtuple
-from dataclasses import dataclass, field
 from operator import itemgetter
 
 import xxhash
@@ -59,13 +58,15 @@ class Loose(namedtuple("Loose", "size mtime_ns digest")):
     __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Index:
-    """The small part of a dataset's manifest: enough to decide a no-op."""
+class Index(namedtuple("Index", "latest versions loose")):
+    """The small part of a dataset's manifest: enough to decide a no-op. ``latest``: a version or
+    None; ``versions``: {version: VersionInfo}; ``loose``: {(files dir, file): Loose}. Each index
+    gets dicts of its own when none are given."""
 
-    latest: str | None = None
-    versions: dict[str, VersionInfo] = field(default_factory=dict)
-    loose: dict[tuple[str, str], Loose] = field(default_factory=dict)
+    __slots__ = ()
+
+    def __new__(cls, latest: str | None = None, versions: dict | None = None, loose: dict | None = None):
+        return super().__new__(cls, latest, {} if versions is None else versions, {} if loose is None else loose)
 
     def sorted_versions(self) -> list[str]:
         return layout.sort_versions(self.versions)

@@ -7,7 +7,7 @@ which real files the destination lacks. Executing the plan is `sync`'s business;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from . import layout
 from . import manifest as mf
@@ -16,46 +16,63 @@ from .manifest import Entry
 from .scan import DatasetManifest
 
 
-@dataclass(frozen=True)
-class Options:
-    """What the user asked for; travels as one value, not a row of booleans."""
+class _DataclassFields:
+    """``__dataclass_fields__`` of a record class, made on first use from a dataclass twin with the
+    same fields and defaults: ``dataclasses.replace``/``fields``/``asdict``/``is_dataclass`` then
+    accept the record (docs/api.md promises ``dataclasses.replace`` on Options), while a run, which
+    never asks, never imports ``dataclasses`` (with inspect, ast and dis: ~10 ms of every process)."""
 
-    up_to: str | None = None
-    delete: bool = False
-    checksum: bool = False
-    link: bool = False
-    fsync: bool = True
-    wait: bool = True
-    dry_run: bool = False
-    datasets: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    state_dir: str | None = None
-    jobs: int = 1
-    bwlimit: int | None = None  # bytes per second
-    ssh_backend: str = "asyncssh"
-    accept_new: bool = False
-    drsync_path: str = "drsync"
-    retries: int = 3  # reconnect and resume after a lost connection, at most this often per run
-    timeout: float = 60.0  # seconds an ssh link may stay silent before it counts as lost (0: never)
+    def __get__(self, obj, cls):
+        import dataclasses
+
+        twin = dataclasses.make_dataclass(
+            cls.__name__, [(n, object, dataclasses.field(default=d)) for n, d in cls._field_defaults.items()],
+            frozen=True)
+        type.__setattr__(cls, "__dataclass_fields__", twin.__dataclass_fields__)
+        return twin.__dataclass_fields__
 
 
-@dataclass(frozen=True)
-class DatasetPlan:
-    """What one dataset needs. ``error`` set means: nothing of this dataset will be written."""
+_OPTIONS = {
+    "up_to": None,
+    "delete": False,
+    "checksum": False,
+    "link": False,
+    "fsync": True,
+    "wait": True,
+    "dry_run": False,
+    "datasets": (),
+    "exclude": (),
+    "state_dir": None,
+    "jobs": 1,
+    "bwlimit": None,  # bytes per second
+    "ssh_backend": "asyncssh",
+    "accept_new": False,
+    "drsync_path": "drsync",
+    "retries": 3,  # reconnect and resume after a lost connection, at most this often per run
+    "timeout": 60.0,  # seconds an ssh link may stay silent before it counts as lost (0: never)
+}
 
-    path: str
-    versions_to_add: tuple[str, ...] = ()
-    files_to_send: tuple[Entry, ...] = ()
-    links_to_make: int = 0
-    naive_bytes: int = 0
-    conflicts: tuple[str, ...] = ()
-    extra_versions: tuple[str, ...] = ()
-    latest_source: str | None = None
-    latest_destination: str | None = None
-    new_latest: str | None = None  # what `latest` becomes; None: unchanged
-    delete_versions: tuple[str, ...] = ()
-    delete_files: tuple[tuple[str, str], ...] = ()
-    error: DrsyncError | None = None
+
+class Options(namedtuple("Options", list(_OPTIONS), defaults=list(_OPTIONS.values()))):
+    """What the user asked for; travels as one value, not a row of booleans. Frozen: derive a
+    variant with ``options._replace(delete=True)`` or ``dataclasses.replace(options, delete=True)``."""
+
+    __slots__ = ()
+    __dataclass_fields__ = _DataclassFields()
+
+
+class DatasetPlan(namedtuple("DatasetPlan", [
+        "path", "versions_to_add", "files_to_send", "links_to_make", "naive_bytes", "conflicts", "extra_versions",
+        "latest_source", "latest_destination", "new_latest", "delete_versions", "delete_files", "error"],
+        defaults=[(), (), 0, 0, (), (), None, None, None, (), (), None])):
+    """What one dataset needs. ``error`` set means: nothing of this dataset will be written.
+
+    ``versions_to_add``, ``conflicts``, ``extra_versions``, ``delete_versions``: tuples of versions;
+    ``files_to_send``: tuple of Entry; ``links_to_make``, ``naive_bytes``: int; ``latest_*``: the
+    versions `latest` names on each side; ``new_latest``: what `latest` becomes (None: unchanged);
+    ``delete_files``: ((files dir, file), ...); ``error``: a DrsyncError or None."""
+
+    __slots__ = ()
 
     @property
     def bytes_to_send(self) -> int:
@@ -67,11 +84,10 @@ class DatasetPlan:
                     or self.conflicts or self.error)
 
 
-@dataclass(frozen=True)
-class Plan:
-    source: str
-    destination: str
-    datasets: tuple[DatasetPlan, ...] = field(default_factory=tuple)
+class Plan(namedtuple("Plan", "source destination datasets", defaults=[()])):
+    """A run's plan: one DatasetPlan per dataset, in order."""
+
+    __slots__ = ()
 
     @property
     def in_sync(self) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 
 import xxhash
 
@@ -76,20 +75,30 @@ def find_datasets(root: Dir, prefix: str = "") -> list[str]:
     return found
 
 
-@dataclass
 class DatasetManifest:
-    """A dataset's refreshed manifest: the index, plus entry lists loaded on demand."""
+    """A dataset's refreshed manifest: the index, plus entry lists loaded on demand.
 
-    path: str  # DRS path
-    index: mf.Index
-    latest_is_dir: bool = False  # an old tree whose `latest` is a directory of links: read-only
-    sizes_only: bool = False  # walked over SFTP: some digests are mf.UNKNOWN_DIGEST (compare sizes)
-    _entries: dict[str, list[mf.Entry]] = field(default_factory=dict)
-    _store: StateDir | None = None
-    _loader: object = None  # version -> entries, for a manifest that lives on another machine
-    _ds: Dir | None = None  # the dataset, to rebuild a damaged stored entry list (FAULTS D7)
-    _repaired: dict[str, list[mf.Entry]] = field(default_factory=dict)
-    _owned: dict[str, list[mf.Entry]] = field(default_factory=dict)
+    ``path``: the DRS path; ``latest_is_dir``: an old tree whose `latest` is a directory of links
+    (read-only); ``sizes_only``: walked over SFTP, some digests are mf.UNKNOWN_DIGEST (compare
+    sizes); ``_loader``: version -> entries, for a manifest that lives on another machine; ``_ds``:
+    the dataset, to rebuild a damaged stored entry list (FAULTS D7). (A plain class: a dataclass
+    costs every run the import of ``dataclasses``.)"""
+
+    def __init__(self, path: str, index: mf.Index, latest_is_dir: bool = False, sizes_only: bool = False,
+                 _store: StateDir | None = None, _loader=None, _ds: Dir | None = None) -> None:
+        self.path = path
+        self.index = index
+        self.latest_is_dir = latest_is_dir
+        self.sizes_only = sizes_only
+        self._entries: dict[str, list[mf.Entry]] = {}
+        self._store = _store
+        self._loader = _loader
+        self._ds = _ds
+        self._repaired: dict[str, list[mf.Entry]] = {}
+        self._owned: dict[str, list[mf.Entry]] = {}
+
+    def __repr__(self) -> str:
+        return f"DatasetManifest(path={self.path!r}, index={self.index!r}, sizes_only={self.sizes_only})"
 
     def entries(self, version: str) -> list[mf.Entry]:
         got = self._entries.get(version)

@@ -10,7 +10,6 @@ import fnmatch
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
 
 from . import layout
 from . import manifest as mf
@@ -25,18 +24,29 @@ from .transports.local import LocalDestination, LocalNode
 _SSH_SPEC = re.compile(r"^(?:[^@/:]+@)?(?:\[[^\]/]+\]|[^@/:\[\]]+)(?::\d+)?:")
 
 
-@dataclass
 class RunResult:
-    """What a command did: the plan, the errors met, and (push/pull) what was transferred."""
+    """What a command did: the plan, the errors met, and (push/pull) what was transferred.
 
-    command: str
-    plan: Plan
-    dry_run: bool = False
-    errors: list[DrsyncError] = field(default_factory=list)
-    transferred: Received | None = None
-    seconds: float = 0.0
-    durable: bool = True  # False with --no-fsync: the report says so
-    attempts: int = 1  # connections made: 1 + the retries after lost connections
+    ``errors``: the DrsyncErrors collected; ``transferred``: a Received (None for diff);
+    ``seconds``: wall time; ``durable``: False with --no-fsync (the report says so); ``attempts``:
+    connections made, 1 + the retries after lost connections. (A plain class: a dataclass costs
+    every run the import of ``dataclasses``.)"""
+
+    def __init__(self, command: str, plan: Plan, dry_run: bool = False, errors: list[DrsyncError] | None = None,
+                 transferred: Received | None = None, seconds: float = 0.0, durable: bool = True,
+                 attempts: int = 1) -> None:
+        self.command = command
+        self.plan = plan
+        self.dry_run = dry_run
+        self.errors = [] if errors is None else errors
+        self.transferred = transferred
+        self.seconds = seconds
+        self.durable = durable
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return (f"RunResult(command={self.command!r}, exit_code={self.exit_code}, errors={self.errors!r}, "
+                f"transferred={self.transferred!r}, attempts={self.attempts})")
 
     @property
     def exit_code(self) -> int:
@@ -86,7 +96,7 @@ def scan(path: str, options: Options = Options(), events: Events | None = None) 
 
 def diff(source: str, destination: str, options: Options = Options(), events: Events | None = None) -> RunResult:
     """The plan as a report; writes nothing anywhere."""
-    return _run("diff", source, destination, replace(options, dry_run=True), events)
+    return _run("diff", source, destination, options._replace(dry_run=True), events)
 
 
 def push(source: str, destination: str, options: Options = Options(), events: Events | None = None) -> RunResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from . import layout
 from .errors import DrsyncError, UnsafeInputError, UsageError
@@ -19,19 +19,25 @@ from .scan import find_datasets, hash_file, list_versions
 from .state import StateDir
 
 
-@dataclass(frozen=True)
-class Finding:
-    dataset: str
-    path: str
-    problem: str
+class Finding(namedtuple("Finding", "dataset path problem")):
+    """One problem `verify` found: in ``dataset``, at ``path`` (relative to it), what is wrong."""
+
+    __slots__ = ()
 
 
-@dataclass
 class VerifyResult:
-    path: str
-    datasets: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    checked_files: int = 0
+    """What `verify` checked and found. (A plain class: a dataclass costs every run the import of
+    ``dataclasses``.)"""
+
+    def __init__(self, path: str, datasets: list[str] | None = None, findings: list[Finding] | None = None,
+                 checked_files: int = 0) -> None:
+        self.path = path
+        self.datasets = [] if datasets is None else datasets
+        self.findings = [] if findings is None else findings
+        self.checked_files = checked_files
+
+    def __repr__(self) -> str:
+        return f"VerifyResult(path={self.path!r}, findings={self.findings!r}, checked_files={self.checked_files})"
 
     @property
     def exit_code(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from collections import namedtuple
 
 from ..errors import ConnectionFailure, DrsyncError, UsageError
 from .known_hosts import fingerprint, host_key_name
@@ -26,12 +26,10 @@ from .linkerrors import lost
 _SPEC = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?:\[(?P<host6>[^\]/]+)\]|(?P<host>[^@/:\[\]]+))(?::(?P<port>\d+))?:(?P<path>.*)$")
 
 
-@dataclass(frozen=True)
-class NodeSpec:
-    user: str | None
-    host: str
-    port: int | None
-    path: str
+class NodeSpec(namedtuple("NodeSpec", "user host port path")):
+    """``[user@]host[:port]:path`` taken apart (user and port may be None)."""
+
+    __slots__ = ()
 
     def __str__(self) -> str:
         user = f"{self.user}@" if self.user else ""
@@ -48,17 +46,11 @@ def parse_spec(spec: str) -> NodeSpec:
                     int(m.group("port")) if m.group("port") else None, path)
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where to connect after ~/.ssh/config has been applied."""
+class Target(namedtuple("Target", "alias host port user identities identities_only known_hosts")):
+    """Where to connect after ~/.ssh/config has been applied: ``identities`` and ``known_hosts`` are
+    tuples of paths, ``identities_only`` a bool."""
 
-    alias: str
-    host: str
-    port: int
-    user: str | None
-    identities: tuple[str, ...]
-    identities_only: bool
-    known_hosts: tuple[str, ...]
+    __slots__ = ()
 
 
 def _config_path() -> str:
