@@ -13,7 +13,6 @@ import sys
 from .errors import EXIT_INTERRUPTED, DrsyncError, UsageError, escape
 from .events import Events
 from .plan import Options
-from .retry import DEFAULT_RETRIES
 from .sync import is_remote
 
 
@@ -67,27 +66,14 @@ class CliEvents(Events):
 
 
 def _options(args):
+    """Options from a parsed command line: each option the command has, under the name it has in
+    Options (the rest keep Options' defaults)."""
     from .sync import check_version_option
 
-    return Options(
-        up_to=check_version_option(getattr(args, "up_to", None)),
-        delete=getattr(args, "delete", False),
-        checksum=getattr(args, "checksum", False),
-        link=getattr(args, "link", False),
-        fsync=getattr(args, "fsync", True),
-        wait=getattr(args, "wait", True),
-        dry_run=getattr(args, "dry_run", False),
-        datasets=tuple(args.dataset),
-        exclude=tuple(args.exclude),
-        state_dir=args.state_dir,
-        jobs=getattr(args, "jobs", 1),
-        bwlimit=getattr(args, "bwlimit", None),
-        ssh_backend=getattr(args, "ssh_backend", "asyncssh"),
-        accept_new=getattr(args, "accept_new", False),
-        drsync_path=getattr(args, "drsync_path", "drsync"),
-        retries=getattr(args, "retries", DEFAULT_RETRIES),
-        timeout=getattr(args, "timeout", Options._field_defaults["timeout"]),
-    )
+    given = {k: v for k, v in vars(args).items() if k in Options._fields}
+    given.update(up_to=check_version_option(given.get("up_to")), datasets=tuple(args.dataset),
+                 exclude=tuple(args.exclude))
+    return Options(**given)
 
 
 def _events(args) -> CliEvents:

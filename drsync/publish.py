@@ -353,7 +353,7 @@ class Receiver:
             if version not in self._built:
                 if len(entries) >= PARALLEL_LINKS:
                     # two threads (this one and a helper), one variable directory at a time
-                    self._built |= Staging(staging, [(version, entries)], self.drs).wait(False)
+                    Staging(staging, [(version, entries)], self.drs).wait(False)
                 else:
                     Staging.build_here(staging, [(version, entries)], self.drs)
             self._check_files_dirs(entries)

@@ -98,11 +98,15 @@ class Connection:
         self.stream.send({"protocol": p.PROTOCOL, "timeout": timeout})
         p.raise_if_error(self.stream.recv())
 
-    def reply(self) -> dict:
-        reply = self.stream.recv()
-        for w in reply.get("warnings") or []:
+    def message(self) -> dict:
+        """The agent's next message, its warnings passed on to the events."""
+        msg = self.stream.recv()
+        for w in msg.get("warnings") or []:
             self.events.warning(f"remote: {w}")
-        return p.raise_if_error(reply)
+        return msg
+
+    def reply(self) -> dict:
+        return p.raise_if_error(self.message())
 
     def call(self, **req) -> dict:
         self.stream.send(req)
@@ -148,9 +152,7 @@ class RemoteDestination:
         without dest_stage refuses the operation: the entries then go with dest_publish."""
         sent, self._stage_sent = self._stage_sent, None
         if sent is not None:
-            reply = self.node.conn.stream.recv()
-            for w in reply.get("warnings") or []:
-                self.node.conn.events.warning(f"remote: {w}")
+            reply = self.node.conn.message()
             err = reply.get("error") or {}
             older = not reply.get("ok") and err.get("code") == 2 and "not allowed" in str(err.get("message"))
             if not older:
@@ -165,10 +167,8 @@ class RemoteDestination:
         self._staged()
         source = src.source(drs)
         while True:
-            msg = conn.stream.recv()
+            msg = conn.message()
             if "need" not in msg:
-                for w in msg.get("warnings") or []:
-                    conn.events.warning(f"remote: {w}")
                 got = p.raise_if_error(msg)
                 return Received(int(got.get("files", 0)), int(got.get("bytes", 0)))
             for i, offset in msg["need"]:

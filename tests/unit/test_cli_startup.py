@@ -109,10 +109,11 @@ def test_parsing_a_command_line_does_not_ask_shutil(monkeypatch):
 
 def test_the_agent_does_not_load_the_argument_grammar():
     """`drsync agent` starts on every run over ssh: it is served without building a parser, and
-    without importing cli_args (argparse and the help texts) at all."""
+    without importing cli_args (argparse and the help texts) or dataclasses at all."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "drsync", "agent"], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.startswith("DRSYNC-AGENT/")
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "drsync.agent.server" in imported
     assert "drsync.cli_args" not in imported
+    assert "dataclasses" not in imported  # nor dataclasses (inspect, ast, dis): tests/unit/test_records.py
