@@ -11,8 +11,10 @@ from . import manifest as mf
 # A batch fetch writes each requested file into its open partial: for every (entry, fd, offset)
 # it writes bytes [offset, entry.size) of the entry's real file at the same offsets of fd, and
 # returns, in order, the source's permission bits or a SourceChanged for a source that moved on.
+# A fetch that wrote a whole file (offset 0) may return ``(mode, digest)`` instead: the xxh3-128
+# of the bytes it wrote, taken from the same buffers (the receiver then need not read them back).
 # One call per batch lets a remote source stream the whole batch without a round trip per file.
-FetchBatch = Callable[[list[tuple[mf.Entry, int, int]]], list["int | SourceChanged"]]
+FetchBatch = Callable[[list[tuple[mf.Entry, int, int]]], list["int | tuple[int, str] | SourceChanged"]]
 
 
 class SourceChanged(Exception):

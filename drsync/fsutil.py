@@ -137,11 +137,16 @@ class Dir:
 
     def open_read(self, name: str) -> int:
         """Open a regular file for reading, refusing a symlink (ELOOP) or anything not regular."""
+        return self.open_read_stat(name)[0]
+
+    def open_read_stat(self, name: str) -> tuple[int, os.stat_result]:
+        """open_read, with the fstat it checked the file with."""
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file", os.path.join(self.path, name))
-        return fd
+        return fd, st
 
     # -- writing ---------------------------------------------------------------------------
     def create_file(self, name: str, mode: int = 0o600) -> int:
@@ -252,6 +257,15 @@ class Dir:
             return b"".join(chunks)
         finally:
             os.close(fd)
+
+
+def pwrite_all(fd: int, data, pos: int) -> None:
+    """Write all of ``data`` at offset ``pos`` of ``fd`` (pwrite may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        pos += n
+        view = view[n:]
 
 
 def copy_fd(src: int, dst: int, size: int, offset: int = 0) -> None:

@@ -46,6 +46,14 @@ class Entry(namedtuple("Entry", "name file dir size mtime_ns digest")):
         return (self.dir, self.file)
 
 
+class StoredEntries(list):
+    """An entry list read from a stored manifest file, keeping the bytes it was read from
+    (``raw``: (version, bytes)): saving the same list for another node (a local push) writes those
+    bytes instead of serialising every row again. Entry lists are never changed once made."""
+
+    __slots__ = ("raw",)
+
+
 class VersionInfo(namedtuple("VersionInfo", "digest entries bytes")):
     """What the index keeps of a version: the digest (str) of its entry list, and counts (int)."""
 
@@ -167,7 +175,7 @@ def entries_from_json(doc, version: str, dataset: str | None) -> list[Entry]:
         entries = list(map(Entry._make, rows))
     else:
         entries = [make_entry(row, version, dataset) for row in rows]  # raises the precise error
-    if len({(e.name, e.file) for e in entries}) != len(entries):
+    if len(set(map(_BY_KEY, entries))) != len(entries):
         seen: set[str] = set()
         for e in entries:
             if e.key in seen:
@@ -184,25 +192,83 @@ def owned(entries: list[Entry], version: str) -> list[Entry]:
     return [e for e in entries if e.dir.endswith(suffix)]
 
 
+def owned_key(e: Entry) -> str:
+    """What a peer holding ``e``'s real file must match: files dir, file name, size and digest
+    (not the mtime), as one string: the rows of a stored owned list are exactly these keys."""
+    return f"{e.dir}\t{e.file}\t{e.size}\t{e.digest}"
+
+
+def _rows_digest(rows: str, mtimes: str) -> str:
+    return xxhash.xxh3_128_hexdigest(f"{rows}\0{mtimes}".encode("utf-8", "surrogateescape"))
+
+
 def owned_to_json(version: str, of: str, entries: list[Entry]) -> dict:
     """The stored owned-entries list of ``version`` (derived, never authoritative): ``of`` is the
-    index digest of the full list it was cut from, ``digest`` guards the rows themselves."""
-    doc = entries_to_json(version, entries)
-    doc["of"] = of
-    doc["digest"] = version_digest(entries)
-    return doc
+    index digest of the full list it was cut from. The entries are stored as text, one owned_key
+    per line (names hold no tab or newline: layout.check_name) and their mtimes apart, so that the
+    plan reads the keys with one split instead of building an Entry per row; ``digest`` guards
+    both against damage."""
+    rows = "\n".join([owned_key(e) for e in entries])
+    mtimes = " ".join([str(e.mtime_ns) for e in entries])
+    return {"format": FORMAT, "version": version, "of": of, "rows": rows, "mtimes": mtimes,
+            "digest": _rows_digest(rows, mtimes)}
+
+
+def _owned_rows(doc, version: str, of: str, dataset: str | None) -> tuple[str, str] | None:
+    """The (rows, mtimes) text of a stored owned list in the current form; None when it is in the
+    older form (a list of entries) or was cut from another entry list than the index names now."""
+    if not isinstance(doc, dict) or doc.get("of") != of or doc.get("version") != version or "rows" not in doc:
+        return None
+    rows, mtimes = doc.get("rows"), doc.get("mtimes")
+    if not isinstance(rows, str) or not isinstance(mtimes, str) or _rows_digest(rows, mtimes) != doc.get("digest"):
+        raise UnsafeInputError("malformed manifest: owned entry list", dataset=dataset, path=f"v{version}")
+    return rows, mtimes
+
+
+def owned_keys_from_json(doc, version: str, of: str, dataset: str | None) -> set[str] | None:
+    """The owned_keys of a stored owned list, for the plan's membership test, without an Entry
+    per row: a key is only ever compared with keys of validated entries, never used as a path, so
+    the digest check (damage) is the check it needs. None as in _owned_rows."""
+    got = _owned_rows(doc, version, of, dataset)
+    if got is None:
+        return None
+    return set(got[0].split("\n")) if got[0] else set()
 
 
 def owned_from_json(doc, version: str, of: str, dataset: str | None) -> list[Entry] | None:
-    """Parse a stored owned-entries list; None when it was cut from another entry list than the
-    one the index names now. Raises on a malformed or damaged one."""
+    """Parse a stored owned list into validated entries (either form); None when it was cut from
+    another entry list than the one the index names now. Raises on a malformed or damaged one."""
     if not isinstance(doc, dict) or doc.get("of") != of:
         return None
-    entries = entries_from_json(doc, version, dataset)
+    got = _owned_rows(doc, version, of, dataset)
+    if got is not None:
+        rows, mtimes = got
+        lines = rows.split("\n") if rows else []
+        times = mtimes.split(" ") if mtimes else []
+        if len(times) != len(lines):
+            raise UnsafeInputError("malformed manifest: owned entry list", dataset=dataset, path=f"v{version}")
+        table = []
+        for line, mtime in zip(lines, times):
+            dirname, file, size, digest = line.split("\t")
+            table.append([dirname.rpartition("_")[0], file, dirname, int(size), int(mtime), digest])
+        entries = entries_from_json({"format": FORMAT, "version": version, "entries": table}, version, dataset)
+        digest_ok = True
+    else:  # the older form: full entry rows, guarded by their version digest
+        entries = entries_from_json(doc, version, dataset)
+        digest_ok = version_digest(entries) == doc.get("digest")
     suffix = "_" + version
-    if any(not e.dir.endswith(suffix) for e in entries) or version_digest(entries) != doc.get("digest"):
+    if not digest_ok or any(not e.dir.endswith(suffix) for e in entries):
         raise UnsafeInputError("malformed manifest: owned entry list", dataset=dataset, path=f"v{version}")
     return entries
+
+
+def entries_bytes(version: str, entries: list[Entry]) -> bytes:
+    """The stored form of a version's entry list: the bytes it was read from when it is a
+    StoredEntries of that version, else freshly serialised."""
+    raw = getattr(entries, "raw", None)
+    if raw is not None and raw[0] == version:
+        return raw[1]
+    return dumps(entries_to_json(version, entries))
 
 
 def entries_to_json(version: str, entries: list[Entry]) -> dict:

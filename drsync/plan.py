@@ -114,7 +114,8 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
     sv = src.index.versions
     dv = dst.index.versions if dst else {}
     d_latest = dst.index.latest if dst else None
-    if src.sizes_only or (dst is not None and dst.sizes_only):
+    sizes_only = src.sizes_only or (dst is not None and dst.sizes_only)
+    if sizes_only:
         # SFTP fallback: digests unknown on one side; compare names, link targets and sizes only
         # (both sides reduced to a size digest), never digests that are unknown.
         conflicts = tuple(layout.sort_versions(
@@ -148,15 +149,21 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
         # Links into files/ of a version the destination lacks (deleted there, or never a version
         # of its own): what it holds of those can only be learnt from all its entry lists.
         held.update({e.real: (e.size, e.digest) for v in dv for e in dst.entries(v)})
+    # A version on both sides without conflict has the same entry list on both: read the local
+    # copy (the source's on a push) rather than fetching the other over the wire, and only its
+    # owned entries: a link into files/<name>_<v>/ can only match one of those. Where digests are
+    # known on both sides they are compared as mf.owned_key strings, read without an Entry each.
+    held_keys: set[str] = set()
     for v in common_refs:
-        # A version on both sides without conflict has the same entry list on both: read the
-        # local copy (the source's on a push) rather than fetching the other over the wire, and
-        # only its owned entries: a link into files/<name>_<v>/ can only match one of those.
         side = src if v in sv and (src.local or not dst.local) else dst
-        held.update({e.real: (e.size, e.digest) for e in side.owned(v)})
+        if not sizes_only:
+            held_keys |= side.owned_keys(v)
+        else:
+            held.update({e.real: (e.size, e.digest) for e in side.owned(v)})
     send: dict[tuple[str, str], Entry] = {}
     for e in new_entries:
-        if not _held(held.get(e.real), e) and e.real not in send:
+        if (e.real not in send and not (held_keys and mf.owned_key(e) in held_keys)
+                and not _held(held.get(e.real), e)):
             send[e.real] = e
 
     # `latest` moves to the source's (or, with --up-to, the newest replicated version), never back.

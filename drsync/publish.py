@@ -105,7 +105,7 @@ class Receiver:
     def receive_batch(self, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received) -> None:
         """Fill, verify (one retry from scratch for a bad file), flush once, rename into files/."""
         partial = self.state.sub("partial")
-        bad = self._fill_chunks(partial, batch, fetch, link, got, fresh=False)
+        bad = self._fill_chunks(partial, batch, fetch, link, got, fresh=False, present=set(partial.listdir()))
         if bad:
             still_bad = self._fill_chunks(partial, [e for e, _ in bad], fetch, link, got, fresh=True)
             if still_bad:
@@ -123,14 +123,18 @@ class Receiver:
         fault_point("after_fsync")
         self._rename_into_files(partial, batch, got)
 
-    def offsets(self, batch: list[mf.Entry], *, fresh: bool = False) -> list[int]:
+    def offsets(self, batch: list[mf.Entry], *, fresh: bool = False, present: set[str] | None = None) -> list[int]:
         """Where each file's transfer resumes: the size of a usable partial, else 0. A partial that
-        is not a regular file, or longer than the file, is removed (never followed: FAULTS B4)."""
+        is not a regular file, or longer than the file, is removed (never followed: FAULTS B4).
+        ``present``: the names partial/ held when the batch began (one listing, mostly empty,
+        instead of an lstat per file); listed here when not given."""
         partial = self.state.sub("partial")
+        if present is None:
+            present = set(partial.listdir())
         out = []
         for e in batch:
             name = self.partial_name(e)
-            st = partial.try_lstat(name)
+            st = partial.try_lstat(name) if name in present else None
             # an empty partial (a kill between create and first write) is removed too: the
             # caller creates offset-0 files with O_EXCL, which would fail on it (EEXIST)
             if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size
@@ -141,15 +145,15 @@ class Receiver:
         return out
 
     def _fill_chunks(self, partial: Dir, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received, *,
-                     fresh: bool) -> list[tuple[mf.Entry, str]]:
+                     fresh: bool, present: set[str] | None = None) -> list[tuple[mf.Entry, str]]:
         """_fill in chunks of BATCH_FILES (the partial fds held open at once)."""
         bad: list[tuple[mf.Entry, str]] = []
         for i in range(0, len(batch), BATCH_FILES):
-            bad += self._fill(partial, batch[i:i + BATCH_FILES], fetch, link, got, fresh=fresh)
+            bad += self._fill(partial, batch[i:i + BATCH_FILES], fetch, link, got, fresh=fresh, present=present)
         return bad
 
     def _fill(self, partial: Dir, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received, *,
-              fresh: bool) -> list[tuple[mf.Entry, str]]:
+              fresh: bool, present: set[str] | None = None) -> list[tuple[mf.Entry, str]]:
         """Write the batch into partials and check digests; return the files that failed."""
         bad: list[tuple[mf.Entry, str]] = []
         todo = batch
@@ -168,7 +172,8 @@ class Receiver:
                         raise _dest_error(err, self.drs, f"{layout.FILES}/{e.dir}/{e.file}") from err
                     self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
                     todo.append(e)
-        offsets = self.offsets(todo, fresh=fresh)
+        offsets = self.offsets(todo, fresh=fresh, present=present)
+        written: dict[int, str] = {}  # id(entry) -> digest of the bytes the fetch wrote
         fds: list[int] = []
         try:
             for e, off in zip(todo, offsets):
@@ -186,10 +191,13 @@ class Receiver:
                 if isinstance(res, SourceChanged):
                     bad.append((e, str(res)))
                     continue
+                hashed = type(res) is tuple  # hashed while written: all of [0, size) (fetch.FetchBatch)
+                if hashed:
+                    res, written[id(e)] = res
                 try:
                     os.fchmod(fd, res & 0o777)
                     os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-                    size = os.fstat(fd).st_size
+                    size = e.size if hashed else os.fstat(fd).st_size
                 except OSError as err:
                     raise _dest_error(err, self.drs, where) from err
                 got.bytes += max(0, size - off)
@@ -202,7 +210,7 @@ class Receiver:
         failed = {id(e) for e, _ in bad}
         for e in batch:
             if id(e) not in failed:
-                got_digest = self._partial_digest(partial, e)
+                got_digest = written.get(id(e)) or self._partial_digest(partial, e)
                 if e.digest == mf.UNKNOWN_DIGEST:
                     # a sizes-only source (SFTP fallback): only the size could be checked (above);
                     # the digest of what arrived is what the destination manifest records

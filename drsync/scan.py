@@ -96,6 +96,7 @@ class DatasetManifest:
         self._ds = _ds
         self._repaired: dict[str, list[mf.Entry]] = {}
         self._owned: dict[str, list[mf.Entry]] = {}
+        self._owned_keys: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"DatasetManifest(path={self.path!r}, index={self.index!r}, sizes_only={self.sizes_only})"
@@ -135,6 +136,20 @@ class DatasetManifest:
             if got is None:
                 got = mf.owned(self.entries(version), version)
             self._owned[version] = got
+        return got
+
+    def owned_keys(self, version: str) -> set[str]:
+        """The mf.owned_key of each entry of ``owned(version)``: what the plan compares a new
+        version's entries with. Read straight from the stored owned list when it is usable (one
+        split, no Entry per row), else made from the entries."""
+        got = self._owned_keys.get(version)
+        if got is None:
+            if (version not in self._entries and version not in self._owned and self._loader is None
+                    and self._store is not None):
+                got = self._store.load_owned_keys(version, self.index.versions[version])
+            if got is None:
+                got = set(map(mf.owned_key, self.owned(version)))
+            self._owned_keys[version] = got
         return got
 
     def _rescan(self, version: str) -> list[mf.Entry]:
@@ -363,8 +378,9 @@ def refresh(ds: Dir, drs: str, state: StateDir | None, *, save: bool, loose: boo
     if validate:
         for v in list(kept):
             entries = man.entries(v)  # a damaged stored list is rebuilt from the tree (FAULTS D7)
-            if state is not None and v not in man._repaired and state.load_owned(v, man.index.versions[v]) is None:
-                new_entries[v] = entries  # (re)writes the derived owned list too
+            if (state is not None and v not in man._repaired
+                    and state.load_owned_keys(v, man.index.versions[v]) is None):
+                new_entries[v] = entries  # (re)writes the derived owned list too (or its older form)
     new_entries.update(man._repaired)  # damaged lists rebuilt while scanning are saved too
     index = mf.Index(latest, man.index.versions, loose_files)
     man.index = index

@@ -70,9 +70,12 @@ def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: st
     then one task per variable directory making its links."""
 
     def make_links(vdir: Dir, name: str, group: list[mf.Entry], linked: dict[str, str]) -> None:
+        # each files dir's part of the target made once: the loop holds the GIL that the copy
+        # running beside it needs, so it does little more than the symlink calls
+        prefix = {d: layout.canonical_target(name, linked[d], "") for d in {e.dir for e in group}}
         with vdir.ensure_dir(name) as nd:
             for e in group:
-                nd.symlink(layout.canonical_target(e.name, linked[e.dir], e.file), e.file)
+                nd.symlink(prefix[e.dir] + e.file, e.file)
         fault_point("staging")
 
     for version, entries in versions:

@@ -110,20 +110,29 @@ class StateDir:
         """A stored entry list, or None if missing, corrupt, or not matching the index's digest."""
         try:
             with self.dir.open_dir("manifest") as mdir:
-                entries = mf.entries_from_json(mf.loads(mdir.read_bytes(f"v{version}.json")), version, self.drs)
+                data = mdir.read_bytes(f"v{version}.json")
+            entries = mf.StoredEntries(mf.entries_from_json(mf.loads(data), version, self.drs))
         except (OSError, ValueError, UnsafeInputError, TypeError):
             return None
         if mf.version_digest(entries) != expect.digest:
             return None
+        entries.raw = (version, data)
         return entries
 
     def load_owned(self, version: str, expect: mf.VersionInfo) -> list[mf.Entry] | None:
         """The stored owned-entries list of a version (see mf.owned), or None if missing, damaged
         or cut from another entry list than the index names."""
+        return self._load_owned(version, expect, mf.owned_from_json)
+
+    def load_owned_keys(self, version: str, expect: mf.VersionInfo) -> set[str] | None:
+        """The mf.owned_key of each entry of the stored owned list, read without making entries;
+        None as load_owned, and for a list stored in the older form (made before the keys were)."""
+        return self._load_owned(version, expect, mf.owned_keys_from_json)
+
+    def _load_owned(self, version: str, expect: mf.VersionInfo, parse):
         try:
             with self.dir.open_dir("manifest") as mdir:
-                return mf.owned_from_json(mf.loads(mdir.read_bytes(f"o{version}.json")), version, expect.digest,
-                                          self.drs)
+                return parse(mf.loads(mdir.read_bytes(f"o{version}.json")), version, expect.digest, self.drs)
         except (OSError, ValueError, UnsafeInputError, TypeError):
             return None
 
@@ -131,7 +140,7 @@ class StateDir:
         """Write the entry lists first, then the index that refers to them (each atomically)."""
         mdir = self.sub("manifest")
         for version, entries in new_entries.items():
-            mdir.write_atomic(f"v{version}.json", mf.dumps(mf.entries_to_json(version, entries)), durable=durable)
+            mdir.write_atomic(f"v{version}.json", mf.entries_bytes(version, entries), durable=durable)
             info = index.versions.get(version)
             if info is not None:
                 own = mf.owned_to_json(version, info.digest, mf.owned(entries, version))

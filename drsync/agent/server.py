@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
+import xxhash
+
 from .. import __version__, layout
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
 from ..fetch import SourceChanged
-from ..fsutil import fault_point
+from ..fsutil import fault_point, pwrite_all
 from ..plan import Options
 from ..transports.local import LocalNode
 from . import protocol as p
@@ -241,12 +243,11 @@ def send_file(stream: p.Stream, src, e: mf.Entry, offset: int) -> None:
     """Write one file's header and bytes [offset, size) to ``stream`` (pads if it shrank meanwhile,
     so the framing holds; the receiver's digest check then refuses it)."""
     try:
-        fd = src.open(e)
+        fd, st = src.open_stat(e)
     except SourceChanged as why:
         stream.write_frame(b"F", p.json.dumps({"ok": False, "reason": str(why)}).encode())
         return
     try:
-        st = os.fstat(fd)
         stream.write_frame(b"F", p.json.dumps({"ok": True, "mode": st.st_mode}).encode())
         pos = offset
         while pos < e.size:
@@ -261,7 +262,8 @@ def send_file(stream: p.Stream, src, e: mf.Entry, offset: int) -> None:
 
 
 def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
-    """Read one file's header and bytes from ``stream`` into ``fd``; return its mode or a
+    """Read one file's header and bytes from ``stream`` into ``fd``; return its mode, or (mode,
+    digest) for a whole file (offset 0: hashed as it arrives, see fetch.FetchBatch), or a
     SourceChanged."""
     kind, payload = stream.read_frame()
     if kind != b"F":
@@ -269,19 +271,20 @@ def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
     head = p.json.loads(payload)
     if not head.get("ok"):
         return SourceChanged(str(head.get("reason", "source file changed")))
+    h = xxhash.xxh3_128() if offset == 0 else None
     pos = offset
     while pos < e.size:
         kind, data = stream.read_frame()
         if kind != b"D" or pos + len(data) > e.size:
             raise p.ProtocolError("file data does not match the announced size")
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, pos)
-            pos += n
-            view = view[n:]
+        pwrite_all(fd, data, pos)
+        if h is not None:
+            h.update(data)
+        pos += len(data)
         fault_point("recv_chunk")
     mode = head.get("mode")
-    return mode if isinstance(mode, int) else 0o644
+    mode = mode if isinstance(mode, int) else 0o644
+    return mode if h is None else (mode, h.hexdigest())
 
 
 def main() -> int:

@@ -343,12 +343,14 @@ def test_no_op_diff_loads_no_entry_list(tmp_path, monkeypatch):
 def _count_loads(monkeypatch):
     from drsync.state import StateDir
 
-    calls = {"entries": [], "owned": []}
-    real_entries, real_owned = StateDir.load_entries, StateDir.load_owned
+    calls = {"entries": [], "owned": [], "keys": []}
+    real_entries, real_owned, real_keys = StateDir.load_entries, StateDir.load_owned, StateDir.load_owned_keys
     monkeypatch.setattr(StateDir, "load_entries",
                         lambda self, v, i: calls["entries"].append((self.drs, v)) or real_entries(self, v, i))
     monkeypatch.setattr(StateDir, "load_owned",
                         lambda self, v, i: calls["owned"].append(v) or real_owned(self, v, i))
+    monkeypatch.setattr(StateDir, "load_owned_keys",
+                        lambda self, v, i: calls["keys"].append(v) or real_keys(self, v, i))
     return calls
 
 
@@ -360,9 +362,11 @@ def test_new_version_reads_owned_lists_of_common_versions_only(tmp_path, monkeyp
     calls = _count_loads(monkeypatch)
     plan = diff_dataset(sm, dm)
     assert plan.versions_to_add == (s.versions[3],)
-    # the full list of the new version only; the common versions it links into: their owned lists
+    # the full list of the new version only; the common versions it links into: the keys of their
+    # owned lists, read without making an entry of each row
     assert [v for _, v in calls["entries"]] == [s.versions[3]]
-    assert set(calls["owned"]) <= set(s.versions[:3]) and calls["owned"]
+    assert set(calls["keys"]) <= set(s.versions[:3]) and calls["keys"]
+    assert calls["owned"] == []
     assert sorted(e.real for e in plan.files_to_send) == sorted(e.real for e in reference.files_to_send)
     assert {e.real for e in plan.files_to_send} == real_files(s.path, s.versions[3])
 
@@ -386,7 +390,7 @@ def test_damaged_owned_list_falls_back_to_the_entry_list(tmp_path, monkeypatch, 
             with open(p) as fh:
                 doc = json.load(fh)
             if damage == "rows":
-                doc["entries"] = doc["entries"][1:]  # a row lost: its digest no longer matches
+                doc["rows"] = doc["rows"].partition("\n")[2]  # a row lost: the digest no longer matches
             else:
                 doc["of"] = "0" * 32  # cut from another entry list than the index names
             with open(p, "w") as fh:

@@ -531,3 +531,95 @@ def test_owned_list_spares_reading_a_damaged_entry_list_when_scanning(one, monke
     # only the files new in `new` were hashed: the digests of the victim's came from its owned list
     assert hashes and all(d.rpartition("_")[2] == new for d, _ in hashes)
     assert len(man.entries(victim)) == man.index.versions[victim].entries  # rebuilt when needed
+
+
+# --- the stored owned lists: keys read without an entry per row; the older form still read --------
+
+
+def _owned_doc(path: str, version: str) -> tuple[str, dict]:
+    p = os.path.join(path, ".drsync", "manifest", f"o{version}.json")
+    with open(p) as fh:
+        return p, json.load(fh)
+
+
+def test_stored_owned_list_gives_the_same_entries_and_keys(one):
+    from drsync import manifest as mf
+
+    gen, path = one
+    first = refresh(path)
+    man = refresh(path)
+    for v in gen.versions:
+        expect = mf.owned(first.entries(v), v)
+        state = man._store
+        assert state.load_owned(v, man.index.versions[v]) == expect
+        assert state.load_owned_keys(v, man.index.versions[v]) == {mf.owned_key(e) for e in expect}
+        assert man.owned_keys(v) == {f"{e.dir}\t{e.file}\t{e.size}\t{e.digest}" for e in expect}
+
+
+@pytest.mark.parametrize("damage", ["mtimes", "bad-name"])
+def test_damaged_owned_list_rows_are_refused(one, damage):
+    gen, path = one
+    refresh(path)
+    v = gen.versions[-1]
+    p, doc = _owned_doc(path, v)
+    if damage == "mtimes":
+        doc["mtimes"] = doc["mtimes"].replace(doc["mtimes"][:3], "999", 1)  # digest no longer matches
+    else:  # a name that would leave files/ (digest made to match: only validation can catch it)
+        from drsync import manifest as mf
+
+        doc["rows"] = doc["rows"].replace("\t", "/../x\t", 1)
+        doc["digest"] = mf._rows_digest(doc["rows"], doc["mtimes"])
+    with open(p, "w") as fh:
+        json.dump(doc, fh)
+    man = refresh(path)
+    assert man._store.load_owned(v, man.index.versions[v]) is None
+    if damage == "mtimes":
+        assert man._store.load_owned_keys(v, man.index.versions[v]) is None
+    assert len(man.owned(v)) > 0  # the plan and the scanner fall back to the full entry list
+
+
+def test_owned_list_in_the_older_form_is_read_and_rewritten_by_a_validating_refresh(one):
+    from drsync import manifest as mf
+
+    gen, path = one
+    first = refresh(path)
+    v = gen.versions[-1]
+    expect = mf.owned(first.entries(v), v)
+    p, doc = _owned_doc(path, v)
+    older = mf.entries_to_json(v, expect)  # the form drsync wrote before the keys were stored
+    older["of"], older["digest"] = doc["of"], mf.version_digest(expect)
+    with open(p, "w") as fh:
+        json.dump(older, fh)
+    man = refresh(path)
+    assert man._store.load_owned(v, man.index.versions[v]) == expect  # still read
+    assert man._store.load_owned_keys(v, man.index.versions[v]) is None  # no keys stored in it
+    assert man.owned_keys(v) == {mf.owned_key(e) for e in expect}  # made from its entries instead
+    ds = Dir.open_root(path)
+    with ds:
+        scan.refresh(ds, "", StateDir.open(ds, "", None, create=False), save=True, validate=True)
+    assert "rows" in _owned_doc(path, v)[1]  # upgraded in place
+
+
+def test_a_loaded_entry_list_is_saved_as_the_bytes_it_was_read_from(one, tmp_path):
+    """A local push writes the destination's entry list of a new version from the source's stored
+    bytes; the same entries under another version, or a list made here, are serialised."""
+    from drsync import manifest as mf
+
+    gen, path = one
+    refresh(path)
+    man = refresh(path)
+    v = gen.versions[-1]
+    loaded = man.entries(v)
+    with open(os.path.join(path, ".drsync", "manifest", f"v{v}.json"), "rb") as fh:
+        stored = fh.read()
+    assert isinstance(loaded, mf.StoredEntries) and mf.entries_bytes(v, loaded) == stored
+    fresh = list(loaded)
+    assert mf.entries_bytes(v, fresh) == mf.dumps(mf.entries_to_json(v, fresh))
+    assert json.loads(mf.entries_bytes("20990101", loaded))["version"] == "20990101"  # not the raw bytes
+    other = tmp_path / "other"
+    other.mkdir()
+    with Dir.open_root(str(other)) as ds:
+        st = StateDir.open(ds, "", None, create=True)
+        st.save(mf.Index(v, {v: man.index.versions[v]}), {v: loaded}, durable=False)
+        again = st.load_entries(v, man.index.versions[v])
+    assert again == loaded and again.raw[1] == stored
