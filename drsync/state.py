@@ -5,7 +5,8 @@ Layout of a state directory::
     manifest/index.json        the small index (versions, latest, per-version digests, loose files)
     manifest/v<version>.json   one entry list per version
     manifest/o<version>.json   the entries of that list whose real file is in the version's own
-                               files/ directories (derived; rebuilt from v<version>.json if bad)
+                               files/ directories, as lines of mf.owned_key text (derived; rebuilt
+                               from v<version>.json if bad)
     partial/                   files being received (resumed after a crash)
     staging/                   version directories being built
     lock                       flock()ed by the run writing this dataset
