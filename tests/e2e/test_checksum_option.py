@@ -10,12 +10,7 @@ def _flip_one_published_byte(dst: str) -> str:
     for dirpath, _, files in os.walk(dst):
         if "/files/" in dirpath + "/" and files and ".drsync" not in dirpath:
             p = os.path.join(dirpath, sorted(files)[0])
-            st = os.stat(p)
-            with open(p, "r+b") as fh:
-                b = fh.read(1)
-                fh.seek(0)
-                fh.write(bytes([b[0] ^ 0xFF]))
-            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+            treegen.flip_byte(p)
             return p
     raise AssertionError("no published file found")
 

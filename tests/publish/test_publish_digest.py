@@ -34,12 +34,7 @@ def _flip_one_new_file(ds) -> str:
     """One byte of a real file of the newest version, same size and mtime, after its scan."""
     d = os.path.join(ds.path, "files", f"var_0_{ds.versions[-1]}")
     path = os.path.join(d, min(os.listdir(d)))
-    st = os.stat(path)
-    with open(path, "r+b") as fh:
-        b = fh.read(1)
-        fh.seek(0)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    treegen.flip_byte(path)
     return path
 
 

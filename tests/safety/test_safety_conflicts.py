@@ -31,13 +31,7 @@ from safety_helpers import (
 
 def _flip_byte(path: str, offset: int = 100) -> None:
     """Change one byte, keeping the size and the mtime."""
-    st = os.stat(path)
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    treegen.flip_byte(path, offset)
 
 
 # --- C4: the same version differs between the nodes -------------------------------------------------
