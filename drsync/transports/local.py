@@ -2,8 +2,9 @@
 
 Source half: manifests refreshed in place, real files read through held directory fds and copied
 (a small file in one read, hashed on the way; a bigger one, or the rest of a resumed partial, with
-the kernel's ``copy_file_range``), or hard-linked with ``--link``. Destination half: a locked session running the publish protocol. The remote agent
-wraps exactly this class, so an ssh node behaves as a local one does.
+the kernel's ``copy_file_range``), or hard-linked with ``--link``. Destination half: a locked
+session running the publish protocol. The remote agent wraps exactly this class, so an ssh node
+behaves as a local one does.
 """
 
 from __future__ import annotations
