@@ -11,7 +11,7 @@ from collections import namedtuple
 
 from . import layout
 from . import manifest as mf
-from .errors import DrsyncError, UnsafeInputError
+from .errors import UnsafeInputError
 from .manifest import Entry
 from .scan import DatasetManifest
 

@@ -105,7 +105,7 @@ class Receiver:
     def receive_batch(self, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received) -> None:
         """Fill, verify (one retry from scratch for a bad file), flush once, rename into files/."""
         partial = self.state.sub("partial")
-        bad = self._fill_chunks(partial, batch, fetch, link, got, fresh=False, present=set(partial.listdir()))
+        bad = self._fill_chunks(partial, batch, fetch, link, got, fresh=False)
         if bad:
             still_bad = self._fill_chunks(partial, [e for e, _ in bad], fetch, link, got, fresh=True)
             if still_bad:
@@ -123,14 +123,12 @@ class Receiver:
         fault_point("after_fsync")
         self._rename_into_files(partial, batch, got)
 
-    def offsets(self, batch: list[mf.Entry], *, fresh: bool = False, present: set[str] | None = None) -> list[int]:
+    def offsets(self, batch: list[mf.Entry], present: set[str], *, fresh: bool = False) -> list[int]:
         """Where each file's transfer resumes: the size of a usable partial, else 0. A partial that
         is not a regular file, or longer than the file, is removed (never followed: FAULTS B4).
-        ``present``: the names partial/ held when the batch began (one listing, mostly empty,
-        instead of an lstat per file); listed here when not given."""
+        ``present``: the names partial/ held before the batch was filled (one listing, mostly
+        empty, instead of an lstat per file)."""
         partial = self.state.sub("partial")
-        if present is None:
-            present = set(partial.listdir())
         out = []
         for e in batch:
             name = self.partial_name(e)
@@ -145,15 +143,17 @@ class Receiver:
         return out
 
     def _fill_chunks(self, partial: Dir, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received, *,
-                     fresh: bool, present: set[str] | None = None) -> list[tuple[mf.Entry, str]]:
-        """_fill in chunks of BATCH_FILES (the partial fds held open at once)."""
+                     fresh: bool) -> list[tuple[mf.Entry, str]]:
+        """_fill in chunks of BATCH_FILES (the partial fds held open at once). partial/ is listed
+        once, before the first chunk: listed per chunk, it would hold the chunks already filled."""
         bad: list[tuple[mf.Entry, str]] = []
+        present = set(partial.listdir())
         for i in range(0, len(batch), BATCH_FILES):
             bad += self._fill(partial, batch[i:i + BATCH_FILES], fetch, link, got, fresh=fresh, present=present)
         return bad
 
     def _fill(self, partial: Dir, batch: list[mf.Entry], fetch: FetchBatch, link, got: Received, *,
-              fresh: bool, present: set[str] | None = None) -> list[tuple[mf.Entry, str]]:
+              fresh: bool, present: set[str]) -> list[tuple[mf.Entry, str]]:
         """Write the batch into partials and check digests; return the files that failed."""
         bad: list[tuple[mf.Entry, str]] = []
         todo = batch
@@ -172,7 +172,7 @@ class Receiver:
                         raise _dest_error(err, self.drs, f"{layout.FILES}/{e.dir}/{e.file}") from err
                     self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
                     todo.append(e)
-        offsets = self.offsets(todo, fresh=fresh, present=present)
+        offsets = self.offsets(todo, present, fresh=fresh)
         written: dict[int, str] = {}  # id(entry) -> digest of the bytes the fetch wrote
         fds: list[int] = []
         try:
