@@ -222,15 +222,19 @@ def _import_ssh_library(backend: str) -> None:
         import_asyncssh()
 
 
-def _freeze_imports() -> None:
+def _freeze_imports(collecting: bool) -> None:
     """Move everything imported so far out of the garbage collector's sight (gc.freeze): modules,
     classes and functions live until the process exits, yet each full collection would walk them
     all again. After importing an SSH library (some 100,000 objects) a full collection costs ~10 ms,
-    and a run's allocations trigger several. Only the `drsync` executable does this, once: a library
-    caller's objects are not drsync's to freeze."""
+    and a run's allocations trigger several. The collector is off while those imports run (main()),
+    which spares the collections the imports themselves trigger (~10 ms on a run over ssh), and back
+    on from here when it was on before (``collecting``). Only the `drsync` executable does this,
+    once: a library caller's objects are not drsync's to freeze."""
     import gc
 
     gc.freeze()
+    if collecting:
+        gc.enable()
 
 
 def _quiet_library_logs() -> None:
@@ -247,8 +251,14 @@ def _quiet_library_logs() -> None:
 def main(argv: list[str] | None = None, *, freeze: bool = False) -> int:
     """Run one command; ``freeze`` (the `drsync` executable, run()): see _freeze_imports."""
     argv = sys.argv[1:] if argv is None else argv
+    if freeze:
+        import gc
+
+        collecting = gc.isenabled()
+        gc.disable()  # until _freeze_imports
     if argv == ["agent"]:
         command, args = cmd_agent, None  # the remote half, started per connection: no parser to build
+        from .agent import server  # noqa: F401  (imported before the freeze)
     else:
         args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
         command = COMMANDS[args.command]
@@ -257,7 +267,7 @@ def main(argv: list[str] | None = None, *, freeze: bool = False) -> int:
             if args.command != "mirror":
                 _import_ssh_library(getattr(args, "ssh_backend", "asyncssh"))
     if freeze:
-        _freeze_imports()
+        _freeze_imports(collecting)
     try:
         return command(args)
     except DrsyncError as e:

@@ -70,22 +70,24 @@ real = cli.COMMANDS["diff"]
 def spy(args):  # what the command finds when it starts
     seen["frozen"] = gc.get_freeze_count()
     seen["ssh library"] = "asyncssh" in sys.modules
+    seen["collecting"] = gc.isenabled()
     return 0
 cli.COMMANDS["diff"] = spy
 cli.main(["diff", "-q", sys.argv[1], "host:/b"], freeze=sys.argv[2] == "yes")
-print(seen["frozen"] > 0, seen["ssh library"])
+print(seen["frozen"] > 0, seen["ssh library"], seen["collecting"], gc.isenabled())
 """
 
 
 @pytest.mark.parametrize("freeze", ["yes", "no"])
 def test_the_executable_freezes_its_imports_ssh_library_included(tmp_path, freeze):
     """run() (the `drsync` executable) calls main(freeze=True): everything imported, the SSH library
-    of a run over ssh included, is out of the collector's sight before the command starts. A
-    library caller's main() leaves the collector alone."""
+    of a run over ssh included, is out of the collector's sight before the command starts, and the
+    collector, off while those imports ran, is on again for the command. A library caller's main()
+    leaves the collector alone."""
     r = subprocess.run([sys.executable, "-c", FREEZE, str(tmp_path), freeze], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(freeze == "yes"), "True"]
+    assert r.stdout.split() == [str(freeze == "yes"), "True", "True", "True"]
 
 
 def test_parsing_a_command_line_does_not_ask_shutil(monkeypatch):
