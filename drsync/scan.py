@@ -152,6 +152,16 @@ class DatasetManifest:
             self._owned_keys[version] = got
         return got
 
+    def warm(self) -> None:
+        """Load what a plan adding the latest version reads of this side (plan.diff_dataset): that
+        version's entries and the owned keys of every version they link into."""
+        latest = self.index.latest
+        if latest is None or latest not in self.index.versions or self.sizes_only or not self.local:
+            return
+        refs = {e.dir.rpartition("_")[2] for e in self.entries(latest)}
+        for v in refs & self.index.versions.keys() - {latest}:
+            self.owned_keys(v)
+
     def _rescan(self, version: str) -> list[mf.Entry]:
         """A missing or damaged stored entry list is never trusted: rebuild it from the tree."""
         scanner = _Scanner(self._ds, self, None)

@@ -13,6 +13,7 @@ import time
 
 from . import layout
 from . import manifest as mf
+from .connecting import Connecting
 from .errors import ConflictError, DrsyncError, UsageError
 from .events import Events
 from .fetch import Received
@@ -155,14 +156,26 @@ def _attempt(source: str, destination: str, options: Options, events: Events, re
              progress: _Progress) -> None:
     """One attempt: connect, then every dataset not done yet. A retryable error (a lost connection)
     escapes, after the nodes are closed; any other error is collected for its dataset."""
-    src = open_node(source, options, events)
+    # a remote destination of a local source connects while the source side gets ready (connecting.py)
+    early = Connecting(open_node, destination, options, events) \
+        if is_remote(destination) and not is_remote(source) else None
+    try:
+        src = open_node(source, options, events)
+    except BaseException:
+        if early is not None:
+            early.abandon()
+        raise
     try:
         if progress.selected is None:
             found = src.datasets()
             progress.selected = _select(found, options)
             if found and not progress.selected:
                 events.warning("no dataset matches --dataset/--exclude; nothing to do")
-        dst = open_node(destination, options, events)
+        if early is not None:
+            _load_ahead(src, next((d for d in progress.selected if d not in progress.done), None), options)
+            dst, early = early.result(), None
+        else:
+            dst = open_node(destination, options, events)
         try:
             for drs in progress.selected:
                 if drs in progress.done:
@@ -184,7 +197,21 @@ def _attempt(source: str, destination: str, options: Options, events: Events, re
         finally:
             dst.close()
     finally:
+        if early is not None:  # the source side failed before the destination was needed
+            early.abandon()
         src.close()
+
+
+def _load_ahead(src, drs: str | None, options: Options) -> None:
+    """While the destination connects: the source manifest of the first dataset to do, and what a
+    plan adding its latest version reads (DatasetManifest.warm). Both stay loaded for the dataset's
+    turn. A failure here is left for that turn to meet again and report for its dataset."""
+    if drs is None:
+        return
+    try:
+        src.source_manifest(drs, save=not options.dry_run).warm()
+    except Exception:
+        pass
 
 
 def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: RunResult,
