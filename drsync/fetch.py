@@ -17,6 +17,32 @@ from . import manifest as mf
 FetchBatch = Callable[[list[tuple[mf.Entry, int, int]]], list["int | tuple[int, str] | SourceChanged"]]
 
 
+class Announced:
+    """A FetchBatch over a stream, whose source can be asked for a batch before the receiver has
+    created the batch's partial files (publish.Receiver._fill calls ``announce``): the bytes are
+    then on their way while the files are made. ``ask(items)`` sends the request for items
+    (entry, offset); ``read(items)`` reads the answers into the fds, items (entry, fd, offset). A
+    call without an announce first asks for what it is given."""
+
+    def __init__(self, ask: Callable[[list[tuple[mf.Entry, int]]], None],
+                 read: Callable[[list[tuple[mf.Entry, int, int]]], list]) -> None:
+        self.ask = ask
+        self.read = read
+        self.asked: list[tuple[mf.Entry, int]] | None = None
+
+    def announce(self, items: list[tuple[mf.Entry, int]]) -> None:
+        self.ask(items)
+        self.asked = items
+
+    def __call__(self, items: list[tuple[mf.Entry, int, int]]) -> list:
+        asked, self.asked = self.asked, None
+        if asked is None:
+            self.ask([(e, off) for e, _, off in items])
+        elif [(id(e), off) for e, off in asked] != [(id(e), off) for e, _, off in items]:
+            raise RuntimeError("a fetch must read the batch its announce asked for")
+        return self.read(items)
+
+
 class SourceChanged(Exception):
     """The source file no longer matches its manifest entry (size, or it vanished)."""
 

@@ -45,6 +45,19 @@ def _dest_error(e: OSError, drs: str, path: str) -> DrsyncError:
     return DestinationIOError(e.strerror or str(e), dataset=drs, path=path)
 
 
+def _drain(fetch, todo: list[mf.Entry], fds: list[int], offsets: list[int]) -> None:
+    """A partial could not be created after the batch was asked for: read what the source sends
+    all the same (into the partials made so far, the rest into /dev/null), so that the stream stays
+    in step and the error is reported as itself. A failure here yields to that error."""
+    sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fetch(list(zip(todo, fds + [sink] * (len(todo) - len(fds)), offsets)))
+    except Exception:
+        pass
+    finally:
+        os.close(sink)
+
+
 class Receiver:
     """Publishes into one destination dataset, holding its directory fd and its state."""
 
@@ -173,6 +186,9 @@ class Receiver:
                     self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
                     todo.append(e)
         offsets = self.offsets(todo, present, fresh=fresh)
+        announce = getattr(fetch, "announce", None)
+        if announce is not None and todo:
+            announce(list(zip(todo, offsets)))  # a remote source sends while the files are created
         written: dict[int, str] = {}  # id(entry) -> digest of the bytes the fetch wrote
         fds: list[int] = []
         try:
@@ -181,6 +197,8 @@ class Receiver:
                 try:
                     fds.append(partial.open_append(name) if off else partial.create_file(name))
                 except OSError as err:
+                    if announce is not None:
+                        _drain(fetch, todo, fds, offsets)
                     raise _dest_error(err, self.drs, f"{layout.FILES}/{e.dir}/{e.file}") from err
             try:
                 results = fetch(list(zip(todo, fds, offsets)))

@@ -16,7 +16,7 @@ from .. import __version__, layout
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
-from ..fetch import SourceChanged
+from ..fetch import Announced, SourceChanged
 from ..fsutil import fault_point, pwrite_all
 from ..plan import Options
 from ..transports.local import LocalNode
@@ -131,10 +131,12 @@ class Agent:
         session = self._session()
         files = rows_to_entries(req.get("files"), self.session_drs)
 
-        def fetch(items):
-            index = {id(e): i for i, e in enumerate(files)}
-            self.stream.send({"need": [[index[id(e)], off] for e, _, off in items]})
-            return [recv_file(self.stream, e, fd, off) for e, fd, off in items]
+        index = {id(e): i for i, e in enumerate(files)}
+
+        def need(items):
+            self.stream.send({"need": [[index[id(e)], off] for e, off in items]})
+
+        fetch = Announced(need, lambda items: [recv_file(self.stream, e, fd, off) for e, fd, off in items])
 
         class _Client:  # the node the bytes come from: the client, streaming what the agent needs
             def fetch_batch(self, drs):

@@ -16,7 +16,7 @@ from ..agent import protocol as p
 from ..agent.server import recv_file, send_file
 from ..errors import ConnectionFailure, UsageError
 from ..events import Events
-from ..fetch import Received
+from ..fetch import Announced, Received
 from ..plan import Options
 from ..scan import DatasetManifest
 from .ssh import open_channel, parse_spec
@@ -258,13 +258,15 @@ class RemoteNode:
     def fetch_batch(self, drs: str):
         conn = self.conn
 
-        def fetch(items):
-            conn.stream.send({"op": "send", "files": [[e.dir, e.file, e.size, off] for e, _, off in items],
+        def ask(items):
+            conn.stream.send({"op": "send", "files": [[e.dir, e.file, e.size, off] for e, off in items],
                               **self.base(drs)})
+
+        def read(items):
             out = [recv_file(conn.stream, e, fd, off) for e, fd, off in items]
             conn.reply()
             return out
-        return fetch
+        return Announced(ask, read)
 
     def source(self, drs: str):
         raise UsageError("a push sends from a local node; use pull to fetch from a remote one")
