@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import sys
 import time
 
 from . import layout
@@ -208,10 +209,16 @@ def _load_ahead(src, drs: str | None, options: Options) -> None:
     turn. A failure here is left for that turn to meet again and report for its dataset."""
     if drs is None:
         return
+    # The connecting thread needs the interpreter only for moments (a packet to answer), but would
+    # wait up to a switch interval (5 ms) each time while this thread computes: make that short.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, 0.0002))
     try:
         src.source_manifest(drs, save=not options.dry_run).warm()
     except Exception:
         pass
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: RunResult,
