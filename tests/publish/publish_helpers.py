@@ -166,3 +166,24 @@ def clone_pair(template: tuple[str, str], root: str) -> tuple[str, str]:
         shutil.copytree(path, to, symlinks=True)
         out.append(to)
     return out[0], out[1]
+
+
+def half_sent(src: str, dst: str, shape):
+    """A node of ``shape`` at ``src`` with its first version pushed to ``dst``, then what a run killed
+    while sending the next leaves: the first half of one file to send, under its partial name.
+    Returns (dataset, files to send, that file, the bytes left in its partial)."""
+    import drsync
+    from drsync import publish
+
+    [ds] = treegen.make_node(src, shape)
+    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[0])).exit_code == 0
+    rel = os.path.relpath(ds.path, src)
+    to_send = drsync.diff(src, dst).plan.datasets[0].files_to_send
+    resumed = to_send[0]
+    partial = os.path.join(dst, rel, ".drsync", "partial")
+    os.makedirs(partial, exist_ok=True)
+    with open(os.path.join(src, rel, "files", resumed.dir, resumed.file), "rb") as fh:
+        head = fh.read(resumed.size // 2)
+    with open(os.path.join(partial, publish.Receiver.partial_name(resumed)), "wb") as fh:
+        fh.write(head)
+    return ds, to_send, resumed, head

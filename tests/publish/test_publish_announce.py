@@ -11,6 +11,7 @@ import sys
 import invariants
 import pytest
 import treegen
+from publish_helpers import half_sent
 
 import drsync
 from drsync import fetch, fsutil, publish
@@ -34,17 +35,7 @@ def _log_creates(monkeypatch, log: list) -> None:
 
 def test_the_batch_is_asked_for_before_its_partials_are_created(tmp_path, monkeypatch):
     src, dst = str(tmp_path / "a"), str(tmp_path / "b")
-    [ds] = treegen.make_node(src, SHAPE)
-    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[0])).exit_code == 0
-    rel = os.path.relpath(ds.path, src)
-    to_send = drsync.diff(src, dst).plan.datasets[0].files_to_send
-    resumed = to_send[0]
-    partial = os.path.join(dst, rel, ".drsync", "partial")
-    os.makedirs(partial, exist_ok=True)
-    with open(os.path.join(src, rel, "files", resumed.dir, resumed.file), "rb") as fh:
-        head = fh.read(resumed.size // 2)
-    with open(os.path.join(partial, publish.Receiver.partial_name(resumed)), "wb") as fh:
-        fh.write(head)
+    _, to_send, resumed, head = half_sent(src, dst, SHAPE)
     log: list = []
     real_batch = local.LocalNode.fetch_batch
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import treegen
+from publish_helpers import half_sent
 
 import drsync
 from drsync import publish
@@ -54,18 +55,8 @@ def test_a_local_copy_is_hashed_while_written_not_read_back(tmp_path, monkeypatc
 
 def test_a_resumed_partial_is_read_back_whole(tmp_path, monkeypatch):
     src, dst = str(tmp_path / "a"), str(tmp_path / "b")
-    [ds] = treegen.make_node(src, SHAPE)
-    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[0])).exit_code == 0
+    ds, to_send, real, head = half_sent(src, dst, SHAPE)  # what a killed run leaves: half of one file
     rel = os.path.relpath(ds.path, src)
-    to_send = drsync.diff(src, dst).plan.datasets[0].files_to_send
-    real = to_send[0]
-    # what a killed run leaves: the first bytes of that file, under its partial name
-    partial = os.path.join(dst, rel, ".drsync", "partial")
-    os.makedirs(partial, exist_ok=True)
-    with open(os.path.join(src, rel, "files", real.dir, real.file), "rb") as fh:
-        head = fh.read(real.size // 2)
-    with open(os.path.join(partial, publish.Receiver.partial_name(real)), "wb") as fh:
-        fh.write(head)
     seen = _count_read_backs(monkeypatch)
     r = drsync.push(src, dst)
     assert r.exit_code == 0
