@@ -23,6 +23,8 @@ import threading
 import time
 import weakref
 
+from .quickack import ack_now
+
 CONNECT_TIMEOUT = 20.0
 QUARTERS = 4  # keepalive requests go out every timeout/QUARTERS of silence
 
@@ -40,13 +42,15 @@ def asyncssh_options(timeout: float) -> dict:
 
 
 class WatchedSocket(socket.socket):
-    """A TCP socket that remembers when it last received bytes (for the paramiko watchdog)."""
+    """A TCP socket that remembers when it last received bytes (for the paramiko watchdog) and
+    acknowledges them at once (quickack.py)."""
 
     last_recv = 0.0
 
     def recv(self, *args) -> bytes:
         data = super().recv(*args)
         self.last_recv = time.monotonic()
+        ack_now(self)
         return data
 
 
