@@ -12,7 +12,7 @@ import sys
 
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, DrsyncError
-from .plan import Options
+from .options import Options, check_timeout
 from .retry import DEFAULT_RETRIES
 
 DEFAULT_TIMEOUT = Options._field_defaults["timeout"]
@@ -45,8 +45,6 @@ def _retries(text: str) -> int:
 
 
 def _timeout(text: str) -> float:
-    from .sync import check_timeout
-
     try:
         return check_timeout(float(text))
     except (ValueError, DrsyncError):

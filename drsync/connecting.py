@@ -1,10 +1,11 @@
-"""A node connected on a helper thread while the caller does its local work.
+"""A node (or an SSH channel) connected on a helper thread while the caller does its local work.
 
 Over ssh most of a small run is the connection: the handshake, then the remote login shell and
-the agent starting up (~0.2 s on loopback), during which this process only waits. A push opens the
-remote destination this way and meanwhile lists its local source and loads what the first plan
-reads (sync._attempt). The thread runs the same ``open_node`` a caller would: the same host-key
-checks, the same errors, raised by ``result()`` in the caller's thread.
+the agent starting up (~0.2 s on loopback), during which this process only waits. The command line
+starts the SSH channel this way before it imports the planning machinery (ssh.prepare_channel), and
+a push opens the remote destination this way while it lists its local source and loads what the
+first plan reads (sync._attempt). The thread runs the same opener a caller would: the same
+host-key checks, the same errors, raised by ``result()`` in the caller's thread.
 """
 
 from __future__ import annotations
@@ -13,21 +14,22 @@ import threading
 
 
 class Connecting:
-    """``open(spec, options, events)`` running on a helper thread. Call ``result()`` for the node,
-    or ``abandon()`` when it is not wanted after all (the local side failed first)."""
+    """``opener(*args, **kwargs)`` running on a helper thread; what it returns has a ``close()``.
+    Call ``result()`` for it, or ``abandon()`` when it is not wanted after all (the local side
+    failed first)."""
 
-    def __init__(self, open_node, spec: str, options, events) -> None:
+    def __init__(self, opener, *args, **kwargs) -> None:
         self._lock = threading.Lock()
         self._node = None
         self._error: BaseException | None = None
         self._abandoned = False
-        self._thread = threading.Thread(target=self._run, args=(open_node, spec, options, events),
+        self._thread = threading.Thread(target=self._run, args=(opener, args, kwargs),
                                         name="drsync-connect", daemon=True)
         self._thread.start()
 
-    def _run(self, open_node, spec, options, events) -> None:
+    def _run(self, opener, args, kwargs) -> None:
         try:
-            node = open_node(spec, options, events)
+            node = opener(*args, **kwargs)
         except BaseException as e:  # handed to result(); never printed from this thread
             self._error = e
             return

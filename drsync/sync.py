@@ -7,8 +7,6 @@ on); the exit code is decided at the end from what was collected (STYLE habit 5)
 from __future__ import annotations
 
 import fnmatch
-import os
-import re
 import sys
 import time
 
@@ -18,12 +16,12 @@ from .connecting import Connecting
 from .errors import ConflictError, DrsyncError, UsageError
 from .events import Events
 from .fetch import Received
+from .options import check_timeout  # noqa: F401  (re-exported: mirror jobs)
 from .plan import DatasetPlan, Options, Plan, diff_dataset
 from .retry import Retries
 from .scan import DatasetManifest
 from .transports.local import LocalDestination, LocalNode
-
-_SSH_SPEC = re.compile(r"^(?:[^@/:]+@)?(?:\[[^\]/]+\]|[^@/:\[\]]+)(?::\d+)?:")
+from .transports.spec import is_remote
 
 
 class RunResult:
@@ -57,11 +55,6 @@ class RunResult:
         if self.command == "diff" and not self.plan.in_sync:
             return 1
         return 0
-
-
-def is_remote(spec: str) -> bool:
-    """``[user@]host[:port]:/path`` is a remote node; anything else is a local path."""
-    return bool(_SSH_SPEC.match(spec)) and not os.path.exists(spec)
 
 
 def open_node(spec: str, options: Options, events: Events):
@@ -299,10 +292,3 @@ def check_version_option(value: str | None) -> str | None:
         return layout.check_version(v)
     except DrsyncError:
         raise UsageError(f"--up-to wants a version such as 20100101 or v20100101, not {value!r}") from None
-
-
-def check_timeout(value: object) -> float:
-    """Validate ``--timeout``: seconds, 0 (never time out) or from 1 to a day."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == 0 or 1 <= value <= 86400):
-        raise UsageError(f"--timeout wants seconds: 0 (never) or from 1 to 86400, not {value!r}")
-    return float(value)

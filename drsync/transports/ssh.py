@@ -15,35 +15,13 @@ stalled link is its retryable kind, ConnectionLost (linkerrors, keepalive: ``--t
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from collections import namedtuple
 
 from ..errors import ConnectionFailure, DrsyncError, UsageError
 from .known_hosts import fingerprint, host_key_name
 from .linkerrors import lost
-
-_SPEC = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?:\[(?P<host6>[^\]/]+)\]|(?P<host>[^@/:\[\]]+))(?::(?P<port>\d+))?:(?P<path>.*)$")
-
-
-class NodeSpec(namedtuple("NodeSpec", "user host port path")):
-    """``[user@]host[:port]:path`` taken apart (user and port may be None)."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port else ""
-        return f"{user}{self.host}{port}:{self.path}"
-
-
-def parse_spec(spec: str) -> NodeSpec:
-    m = _SPEC.match(spec)
-    if not m:
-        raise UsageError(f"not a node spec: {spec!r} (want [user@]host[:port]:/path)")
-    path = m.group("path") or "."
-    return NodeSpec(m.group("user"), m.group("host6") or m.group("host"),
-                    int(m.group("port")) if m.group("port") else None, path)
+from .spec import NodeSpec, parse_spec
 
 
 class Target(namedtuple("Target", "alias host port user identities identities_only known_hosts")):
@@ -172,7 +150,51 @@ class Channel:
 
 def open_channel(spec: NodeSpec, *, backend: str, drsync_path: str, accept_new: bool,
                  timeout: float = 60.0) -> Channel:
-    """Connect to ``spec``'s host and start ``<drsync_path> agent`` there; ``timeout``: --timeout."""
+    """Connect to ``spec``'s host and start ``<drsync_path> agent`` there; ``timeout``: --timeout.
+    A channel prepare_channel() started with the same arguments is taken instead (once)."""
+    early = _prepared.pop(_key(spec, backend, drsync_path, accept_new, timeout), None)
+    if early is not None:
+        return early.result()
+    return _open(spec, backend, drsync_path, accept_new, timeout)
+
+
+# channels started ahead of their run (prepare_channel), by their open_channel() arguments
+_prepared: dict = {}
+
+
+def _key(spec: NodeSpec, backend: str, drsync_path: str, accept_new: bool, timeout: float) -> tuple:
+    return tuple(spec), backend, drsync_path, bool(accept_new), float(timeout)
+
+
+def prepare_channel(spec: str, *, backend: str, drsync_path: str, accept_new: bool, timeout: float) -> None:
+    """Start open_channel() for node ``spec`` on a helper thread now; the run's own open_channel()
+    with the same arguments then takes it, with its result or its error. The `drsync` command does
+    this before it imports the planning and publishing machinery, whose imports then overlap the
+    handshake and the remote agent's start-up. The SSH library is imported here, on the caller's
+    thread (the import is CPU work the helper thread could not overlap anyway)."""
+    from ..connecting import Connecting
+
+    parsed = parse_spec(spec)
+    if backend == "paramiko":
+        import paramiko  # noqa: F401
+    elif backend == "asyncssh":
+        from .ssh_asyncssh import import_asyncssh
+
+        import_asyncssh()
+    else:
+        return  # open_channel reports the unknown backend
+    key = _key(parsed, backend, drsync_path, accept_new, timeout)
+    if key not in _prepared:
+        _prepared[key] = Connecting(_open, parsed, backend, drsync_path, accept_new, timeout)
+
+
+def discard_prepared() -> None:
+    """Close the prepared channels no run took (the run failed before it connected)."""
+    while _prepared:
+        _prepared.popitem()[1].abandon()
+
+
+def _open(spec: NodeSpec, backend: str, drsync_path: str, accept_new: bool, timeout: float) -> Channel:
     target = resolve(spec, backend)
     command = f"{drsync_path} agent"
     if backend == "paramiko":

@@ -1,0 +1,139 @@
+"""The `drsync` command starts the SSH channel of a push or pull before it imports the planning and
+publishing machinery (cli._connect_early, ssh.prepare_channel), every read from sshd is acked at
+once (quickack.py), and nothing of the SSH library outlives the run (so the process takes its
+quick exit). All against the real sshd fixture."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import invariants
+import pytest
+import treegen
+
+import drsync
+from drsync import cli
+from drsync.transports import keepalive, quickack, ssh
+
+AGENT = f"{sys.executable} -m drsync"
+SHAPE = treegen.Shape(datasets=1, variables=2, files=6, versions=2, changed=0.25, added=2, removed=0)
+
+EARLY = r"""
+import json, sys
+from drsync import cli
+from drsync.transports import ssh
+seen = []
+real = ssh._open
+def spy(*args):  # the connection starts: is the planner loaded yet?
+    seen.append({"sync": "drsync.sync" in sys.modules, "plan": "drsync.plan" in sys.modules})
+    return real(*args)
+ssh._open = spy
+code = cli.main(sys.argv[1:], freeze=True)
+print(json.dumps({"code": code, "seen": seen, "left": len(ssh._prepared)}))
+"""
+
+
+def _cli(args: list[str]) -> dict:
+    r = subprocess.run([sys.executable, "-c", EARLY, *args], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_the_command_line_connects_before_it_loads_the_planner(tmp_path, sshd_server, ssh_client_env, command):
+    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+    treegen.make_node(src, SHAPE)
+    remote_src, local_dst = (src, f"drsync-test:{dst}") if command == "push" else (f"drsync-test:{src}", dst)
+    got = _cli([command, "-q", "--no-progress", "--drsync-path", AGENT, remote_src, local_dst])
+    assert got["code"] == 0
+    # one connection, started while neither the planner nor the sync driver was imported; the run
+    # took it over (nothing left prepared) instead of connecting a second time
+    assert got["seen"] == [{"sync": False, "plan": False}]
+    assert got["left"] == 0
+    invariants.check_converged(src, dst)
+
+
+def test_an_early_channel_the_run_never_takes_is_closed(tmp_path, sshd_server, ssh_client_env, monkeypatch, capsys):
+    closed = threading.Event()
+    real_open = ssh._open
+
+    def open_and_watch(*args):
+        channel = real_open(*args)
+        real_close = channel.close
+
+        def close():
+            real_close()
+            closed.set()
+        channel.close = close
+        return channel
+
+    monkeypatch.setattr(ssh, "_open", open_and_watch)
+    code = cli.main(["push", "-q", "--drsync-path", AGENT, str(tmp_path / "missing"), f"drsync-test:{tmp_path / 'b'}"])
+    assert code == 2 and "source does not exist" in capsys.readouterr().err
+    assert closed.wait(60)  # the connection made meanwhile is not left open
+    assert ssh._prepared == {}
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_early_channel_carries_the_connections_own_error(tmp_path, sshd_server, ssh_client_env, capsys):
+    (ssh_client_env / ".ssh" / "known_hosts").write_text("")  # the host key is unknown now
+    src = str(tmp_path / "a")
+    treegen.make_node(src, SHAPE)
+    code = cli.main(["push", "-q", "--drsync-path", AGENT, "--retries", "0", src, f"drsync-test:{tmp_path / 'b'}"])
+    err = capsys.readouterr().err
+    assert code == 5 and "not in known_hosts" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_every_read_from_sshd_is_acked_at_once(tmp_path, sshd_server, ssh_client_env, monkeypatch, backend):
+    """sshd sends small packets with Nagle's algorithm on; a delayed ACK would hold the next one 40 ms
+    (the session's confirmation after authentication, measured: 44 ms -> 2 ms)."""
+    acked: list[int] = []
+    real = quickack.ack_now
+
+    def ack_now(sock):
+        acked.append(sock.fileno())
+        real(sock)
+
+    monkeypatch.setattr(quickack, "ack_now", ack_now)
+    monkeypatch.setattr(keepalive, "ack_now", ack_now)
+    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+    treegen.make_node(src, SHAPE)
+    r = drsync.push(src, f"drsync-test:{dst}", drsync.Options(drsync_path=AGENT, ssh_backend=backend))
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    # from the server's banner to the agent's last reply, each read of the run's socket: dozens of
+    # them (a connection an earlier test closed may still ack its last reads meanwhile)
+    assert max(collections.Counter(acked).values(), default=0) >= 10
+    invariants.check_converged(src, dst)
+
+
+def test_quick_acks_reach_the_kernel_of_a_tcp_socket_only():
+    import socket
+
+    a, b = socket.socketpair()  # a Unix socket (a ProxyCommand's): no TCP option, no error
+    quickack.ack_now(a)
+    a.close(), b.close()
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    quickack.ack_now(client)
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+    for s in (client, peer, server):
+        s.close()
+
+
+def test_no_thread_of_the_ssh_library_outlives_a_run(tmp_path, sshd_server, ssh_client_env):
+    """A thread left behind (asyncio's resolver pool) would send the `drsync` process through the
+    interpreter's slow teardown instead of cli.leave's quick exit."""
+    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+    treegen.make_node(src, SHAPE)
+    before = set(threading.enumerate())
+    assert drsync.push(src, f"drsync-test:{dst}", drsync.Options(drsync_path=AGENT)).exit_code == 0
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
