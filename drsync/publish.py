@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import xxhash
 
-from . import layout
+from . import layout, writeback
 from . import manifest as mf
 from .errors import ConflictError, DestinationIOError, DrsyncError, IntegrityError, UnsafeInputError
 from .events import Events
@@ -71,6 +71,7 @@ class Receiver:
         self.learned: dict[tuple[str, str], str] = {}
         self._staging: Staging | None = None  # the background link building of stage_versions
         self._built: set[str] = set()  # versions whose links stage_versions made in staging
+        self._writeback = None  # the background writeback of others' dirty data (writeback.py)
         if os.fstat(state.dir.fd).st_dev != os.fstat(ds.fd).st_dev:
             raise DestinationIOError("--state-dir must be on the same filesystem as the destination "
                                      "(renames into place must be atomic)", dataset=drs, path=state.dir.path)
@@ -98,6 +99,8 @@ class Receiver:
         flush, not the copy, is what costs. A kill before the flush leaves verified partials, which
         the next run resumes at their full size: no byte of them is sent again."""
         got = Received()
+        if files:
+            self._start_writeback()
         batch: list[mf.Entry] = []
         size = 0
         for e in files:
@@ -133,6 +136,7 @@ class Receiver:
                 for e in batch:  # a failed flush is fatal: never trust these bytes (FAULTS E3)
                     partial.unlink(self.partial_name(e))
                 raise DestinationIOError(f"flush failed: {err.strerror}", dataset=self.drs, path=partial.path) from err
+        self._writeback_done()
         fault_point("after_fsync")
         self._rename_into_files(partial, batch, got)
 
@@ -343,7 +347,20 @@ class Receiver:
         their targets exist, and staging is never visible: nothing here is published. Each
         ``publish_version`` waits for this work (lending a hand), then flushes and renames."""
         if versions and self._staging is None:
+            self._start_writeback()
             self._staging = Staging(self.state.sub("staging"), versions, self.drs)
+
+    def _start_writeback(self) -> None:
+        """This run will flush: start writing back what is already dirty now (writeback.py)."""
+        if self.durable and self._writeback is None:
+            self._writeback = writeback.start(self.ds) or False
+
+    def _writeback_done(self) -> None:
+        """After a flush of our own: the background one has (nearly) nothing left; wait for it, so
+        that no thread of it outlives the run."""
+        if self._writeback:
+            self._writeback.join()
+            self._writeback = False
 
     def wait_staged(self, *, cancel: bool = False) -> None:
         """Wait for the background staging (stopped early with ``cancel``); raise its error."""
@@ -392,6 +409,7 @@ class Receiver:
                 # one flush of the filesystem for every link and directory made in staging, not
                 # an fsync per variable directory (tens of them in a large dataset)
                 staging.syncfs()
+                self._writeback_done()
             fault_point("staging_done")
             staging.rename(vname, self.ds, vname)
         except FileExistsError as err:
