@@ -375,7 +375,7 @@ class Bench:
     def real_files(self, shape: str) -> int:
         return sum(1 for ds in self.generated[shape] for _ in Path(ds.path, "files").glob("*/*"))
 
-    def settle(self, files: int = 1000, limit: float = 0.3, patience: float = 90.0) -> None:
+    def settle(self, files: int = 1000, limit: float = 0.1, patience: float = 90.0) -> None:
         """Trap 3: after someone deletes a big tree, creating files is up to 20x slower for a minute or
         more. Time the creation of ``files`` empty files; while it is slower than ``limit`` s, wait."""
         deadline = time.monotonic() + patience
@@ -884,7 +884,7 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
               "made once by `drsync push --up-to`; no-op: one destination per tool, made by that tool). Nothing "
               "is deleted before the end of the run (deleting big trees slows file creation for a minute).",
               "* Before each round the harness times the creation of 1,000 empty files and waits (up to 90 s) "
-              "while that takes more than 0.3 s: someone else's mass delete makes file creation up to 20x slower "
+              "while that takes more than 0.1 s (a settled filesystem: ~0.03 s): someone else's mass delete makes file creation up to 20x slower "
               "for a minute or more, which would swamp any initial-copy measurement.",
               "* The source (and, except for initial copies, the destination) is read just before each timed run, "
               "so every contender starts with a warm page cache; then `sync` writes back whatever preparation or "
