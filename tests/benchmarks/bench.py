@@ -321,6 +321,7 @@ class Bench:
         self.logs.mkdir()
         self.sources: dict[str, str] = {}
         self.sizes: dict[str, int] = {}  # bytes of file data per shape
+        self.entries: dict[str, int] = {}  # entries (files, links, directories) per shape
         self.generated: dict[str, list[treegen.Dataset]] = {}
         self.server = None
         self.relay: CountingRelay | None = None
@@ -359,6 +360,7 @@ class Bench:
                               f"{rss / 2**20:.0f} MiB RSS")
             self.sources[shape] = src
             self.sizes[shape] = nbytes
+            self.entries[shape] = entries
         return self.sources[shape]
 
     def versions(self, shape: str) -> list[str]:
@@ -612,6 +614,16 @@ class CaseRunner:
         need = self.b.sizes.get(self.case.shape, 0) * 2 + (2 << 30)
         if free < need:
             raise RuntimeError(f"only {fmt_bytes(free)} free under {self.b.work}; a run needs ~{fmt_bytes(need)}")
+        # a LARGE destination is ~300,000 entries: a case's copies run out of inodes before bytes
+        need_inodes = self.b.entries.get(self.case.shape, 0) * 2 + 100_000
+        if st.f_files and st.f_favail < need_inodes:
+            raise RuntimeError(f"only {st.f_favail} free inodes under {self.b.work}; a run needs ~{need_inodes}")
+
+    def clean(self) -> None:
+        """Remove the case's destinations once it is done (untimed): a LARGE case leaves a dozen
+        copies of 300,000 entries, and two such cases exhaust the filesystem's inodes. The next
+        case's settle() waits out the slow file creation that follows a mass delete (trap 3)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _must(self, argv, what: str) -> None:
         wall, cpu, rss, rc, out, err = run_child(argv, self.b.env, self.b.logs, self._tag("prep"))
@@ -1101,7 +1113,11 @@ def main(argv: list[str] | None = None) -> int:
                      treegen.LARGE.variables * treegen.LARGE.datasets)
         bench.floors(ssh=any(c.transport == "ssh" for c in cases), links=links)
         for c in cases:
-            CaseRunner(bench, c, args.warmup, args.runs, args.probe).go()
+            runner = CaseRunner(bench, c, args.warmup, args.runs, args.probe)
+            try:
+                runner.go()
+            finally:
+                runner.clean()
             done.append(c)
         out = Path(args.out)
         png = out.with_suffix(".png")
