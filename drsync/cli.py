@@ -240,6 +240,29 @@ def _connect_early(args) -> None:
                     accept_new=args.accept_new, timeout=args.timeout)
 
 
+def _ssh_library_without_tls(backend: str, executable: bool):
+    """Let asyncio load without the ssl module while the `drsync` executable imports asyncssh.
+    asyncio imports ssl only to offer TLS, which a run over SSH never uses, and importing it
+    initialises OpenSSL (~3 ms, ~160 pages of fresh memory). Blocked the documented way (None in
+    sys.modules) for the import alone, then lifted, so that a later ``import ssl`` works; asyncio
+    in this process then has no TLS. Library callers' processes are left alone (main(freeze))."""
+    import contextlib
+
+    if not executable or backend != "asyncssh" or "asyncio" in sys.modules or "ssl" in sys.modules:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def blocked():
+        sys.modules["ssl"] = None
+        try:
+            yield
+        finally:
+            if sys.modules.get("ssl", 0) is None:
+                del sys.modules["ssl"]
+
+    return blocked()
+
+
 def _import_transfer() -> None:
     """What a push, pull or diff runs on, imported before the freeze. While a connection is being
     made meanwhile, the interpreter switches threads every 0.2 ms, not 5 ms: the connecting thread
@@ -294,10 +317,13 @@ def main(argv: list[str] | None = None, *, freeze: bool = False) -> int:
         command = COMMANDS[args.command]
         if args.command == "mirror" or any(isinstance(v, str) and is_remote(v) for v in vars(args).values()):
             _quiet_library_logs()  # only runs that may use an SSH library pay for importing logging
+            backend = getattr(args, "ssh_backend", "asyncssh")
             if args.command in TRANSFERS:
-                _connect_early(args)
+                with _ssh_library_without_tls(backend, freeze):
+                    _connect_early(args)
             elif args.command != "mirror":
-                _import_ssh_library(getattr(args, "ssh_backend", "asyncssh"))
+                with _ssh_library_without_tls(backend, freeze):
+                    _import_ssh_library(backend)
         if args.command in TRANSFERS:
             _import_transfer()
     if freeze:

@@ -119,3 +119,32 @@ def test_the_agent_does_not_load_the_argument_grammar():
     assert "drsync.agent.server" in imported
     assert "drsync.cli_args" not in imported
     assert "dataclasses" not in imported  # nor dataclasses (inspect, ast, dis): tests/unit/test_records.py
+
+
+NO_TLS = r"""
+import sys
+from drsync import cli
+seen = {}
+def spy(args):  # what the command finds when it starts
+    import asyncio.base_events
+    seen["asyncssh"] = "asyncssh" in sys.modules
+    seen["asyncio has tls"] = asyncio.base_events.ssl is not None
+    seen["ssl blocked"] = "ssl" in sys.modules and sys.modules["ssl"] is None
+    import ssl  # the block was lifted: a later import works
+    seen["ssl importable"] = hasattr(ssl, "SSLContext")
+    return 0
+cli.COMMANDS["diff"] = spy
+cli.main(["diff", "-q", sys.argv[1], "host:/b"], freeze=sys.argv[2] == "yes")
+print(seen["asyncssh"], seen["asyncio has tls"], seen["ssl blocked"], seen["ssl importable"])
+"""
+
+
+@pytest.mark.parametrize("freeze", ["yes", "no"])
+def test_the_executable_loads_asyncio_without_tls(tmp_path, freeze):
+    """The `drsync` executable imports asyncssh with the ssl module blocked (asyncio's TLS, of no use
+    over SSH, costs OpenSSL's initialisation), lifts the block afterwards, and a library caller's
+    asyncio keeps its TLS."""
+    r = subprocess.run([sys.executable, "-c", NO_TLS, str(tmp_path), freeze], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", str(freeze == "no"), "False", "True"]
