@@ -49,9 +49,11 @@ class Entry(namedtuple("Entry", "name file dir size mtime_ns digest")):
 class StoredEntries(list):
     """An entry list read from a stored manifest file, keeping the bytes it was read from
     (``raw``: (version, bytes)): saving the same list for another node (a local push) writes those
-    bytes instead of serialising every row again. Entry lists are never changed once made."""
+    bytes instead of serialising every row again, and a message to a peer embeds its rows as they
+    are (``rows_at``: where they start, or None; see entries_rows_bytes). Entry lists are never
+    changed once made."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("raw", "rows_at")
 
 
 class VersionInfo(namedtuple("VersionInfo", "digest entries bytes")):
@@ -269,6 +271,31 @@ def entries_bytes(version: str, entries: list[Entry]) -> bytes:
     if raw is not None and raw[0] == version:
         return raw[1]
     return dumps(entries_to_json(version, entries))
+
+
+def _rows_head(version: str) -> bytes:
+    """How a stored entry list in drsync's own form starts, up to its rows."""
+    return b'{"format":"' + FORMAT.encode() + b'","version":' + json.dumps(version).encode() + b',"entries":'
+
+
+def stored_rows_at(version: str, doc: dict, data: bytes) -> int | None:
+    """Where the rows of a stored entry list start in ``data`` (parsed as ``doc``), when the list
+    is in drsync's own form: exactly the keys format, version and entries, in that order, written
+    compactly. None otherwise."""
+    head = _rows_head(version)
+    return len(head) if list(doc) == ["format", "version", "entries"] and data.startswith(head) else None
+
+
+def entries_rows_bytes(version: str, entries: list[Entry]) -> bytes:
+    """The JSON text of a version's entry rows (``entries_to_json(...)["entries"]``): cut out of the
+    bytes a StoredEntries was read from (then validated and digest-checked) when it is that
+    version's list in drsync's own form, else serialised. A peer's message embeds it as it is."""
+    raw = getattr(entries, "raw", None)
+    at = getattr(entries, "rows_at", None)
+    if raw is not None and raw[0] == version and at is not None:
+        data = raw[1]
+        return data[at:data.rindex(b"}")]
+    return json.dumps(entries_to_json(version, entries)["entries"], separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def entries_to_json(version: str, entries: list[Entry]) -> dict:

@@ -112,12 +112,14 @@ class StateDir:
         try:
             with self.dir.open_dir("manifest") as mdir:
                 data = mdir.read_bytes(f"v{version}.json")
-            entries = mf.StoredEntries(mf.entries_from_json(mf.loads(data), version, self.drs))
+            doc = mf.loads(data)
+            entries = mf.StoredEntries(mf.entries_from_json(doc, version, self.drs))
         except (OSError, ValueError, UnsafeInputError, TypeError):
             return None
         if mf.version_digest(entries) != expect.digest:
             return None
         entries.raw = (version, data)
+        entries.rows_at = mf.stored_rows_at(version, doc, data)
         return entries
 
     def load_owned(self, version: str, expect: mf.VersionInfo) -> list[mf.Entry] | None:

@@ -105,7 +105,10 @@ class Stream:
         return bytes([kind]), self.read_exact(length)
 
     def send(self, obj: dict) -> None:
-        payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+        self.send_json(json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode())
+
+    def send_json(self, payload: bytes) -> None:
+        """Send a message already encoded as JSON text (one object)."""
         if len(payload) > COMPRESS_OVER:
             self.write_frame(b"Z", zlib.compress(payload, 1))
         else:

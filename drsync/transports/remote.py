@@ -143,8 +143,11 @@ class RemoteDestination:
         """Send the new versions' entries ahead of their files, so that the agent builds the links
         while the files arrive. Not waited for: its answer is read before dest_receive's."""
         if versions:
-            self.node.conn.stream.send({"op": "dest_stage",
-                                        "versions": [[v, mf.entries_to_json(v, es)["entries"]] for v, es in versions]})
+            # {"op": "dest_stage", "versions": [[v, rows], ...]}, the rows of a stored list embedded
+            # as they were read (mf.entries_rows_bytes), not rebuilt and serialised again
+            rows = b",".join(b"[" + p.json.dumps(v).encode() + b"," + mf.entries_rows_bytes(v, es) + b"]"
+                             for v, es in versions)
+            self.node.conn.stream.send_json(b'{"op":"dest_stage","versions":[' + rows + b"]}")
             self._stage_sent = {v for v, _ in versions}
 
     def _staged(self) -> set[str]:

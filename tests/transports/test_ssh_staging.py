@@ -1,6 +1,7 @@
 """Over ssh the agent, too, builds the new versions' links while the files arrive: the client sends
 the entries ahead of the files (dest_stage) and the publish request names them without rows."""
 
+import json
 import os
 import shlex
 import sys
@@ -65,14 +66,15 @@ def test_each_link_travels_once(tmp_path, sshd_server, ssh_client_env, monkeypat
     src = str(tmp_path / "a")
     [ds] = treegen.make_node(src, SHAPE)
     sent = []
-    real = protocol.Stream.send
+    real = protocol.Stream.send_json  # what every message goes through, as the JSON text sent
 
-    def send(self, msg):
+    def send_json(self, payload):
+        msg = json.loads(payload)
         if isinstance(msg, dict) and msg.get("op") in ("dest_stage", "dest_publish"):
             sent.append((msg["op"], [(v, rows) for v, rows in msg.get("versions") or []]))
-        return real(self, msg)
+        return real(self, payload)
 
-    monkeypatch.setattr(protocol.Stream, "send", send)
+    monkeypatch.setattr(protocol.Stream, "send_json", send_json)
     r = drsync.push(src, f"drsync-test:{tmp_path / 'b'}", drsync.Options(drsync_path=AGENT, retries=0))
     assert r.exit_code == 0, [e.line() for e in r.errors]
     (stage_op, staged), (publish_op, published) = sent

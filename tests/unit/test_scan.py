@@ -623,3 +623,32 @@ def test_a_loaded_entry_list_is_saved_as_the_bytes_it_was_read_from(one, tmp_pat
         st.save(mf.Index(v, {v: man.index.versions[v]}), {v: loaded}, durable=False)
         again = st.load_entries(v, man.index.versions[v])
     assert again == loaded and again.raw[1] == stored
+
+
+def test_a_loaded_entry_lists_rows_are_cut_from_its_bytes_only_in_drsyncs_own_form(one, monkeypatch):
+    """A peer's dest_stage embeds a stored list's rows as they were read (entries_rows_bytes): the
+    same rows as serialising them, from the stored bytes themselves; a list stored in another form
+    (spaces, another key order, an extra key) is serialised instead."""
+    from drsync import manifest as mf
+
+    gen, path = one
+    refresh(path)
+    v = gen.versions[-1]
+    where = os.path.join(path, ".drsync", "manifest", f"v{v}.json")
+    with open(where, "rb") as fh:
+        stored = fh.read()
+    serialised = json.dumps(json.loads(stored)["entries"], separators=(",", ":")).encode()
+    loaded = refresh(path).entries(v)
+    assert loaded.rows_at is not None
+    with monkeypatch.context() as m:  # cut out of the stored bytes: nothing serialised
+        m.setattr(mf.json, "dumps", lambda *a, **k: pytest.fail("serialised the rows"))
+        assert mf.entries_rows_bytes(v, loaded) == serialised
+    assert mf.entries_rows_bytes("20990101", loaded) == serialised  # another version: serialised
+    assert mf.entries_rows_bytes(v, list(loaded)) == serialised
+    doc = json.loads(stored)
+    for other in (json.dumps(doc, indent=1), json.dumps({"version": v, "format": mf.FORMAT, "entries": doc["entries"]}),
+                  json.dumps({**doc, "extra": [[1]]}, separators=(",", ":"))):
+        with open(where, "w") as fh:
+            fh.write(other)
+        again = refresh(path).entries(v)
+        assert again.rows_at is None and mf.entries_rows_bytes(v, again) == serialised
