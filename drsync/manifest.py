@@ -295,7 +295,7 @@ def entries_rows_bytes(version: str, entries: list[Entry]) -> bytes:
     if raw is not None and raw[0] == version and at is not None:
         data = raw[1]
         return data[at:data.rindex(b"}")]
-    return json.dumps(entries_to_json(version, entries)["entries"], separators=(",", ":"), ensure_ascii=True).encode()
+    return dumps(entries_to_json(version, entries)["entries"])
 
 
 def entries_to_json(version: str, entries: list[Entry]) -> dict:
@@ -354,7 +354,7 @@ def index_to_json(index: Index) -> dict:
     return doc
 
 
-def dumps(doc: dict) -> bytes:
+def dumps(doc) -> bytes:
     # surrogateescape keeps non-UTF-8 names round-trippable; they are refused on load anyway.
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
 
