@@ -61,6 +61,20 @@ def _quick_find_library(name: str) -> str | None:
 _X509 = "asyncssh.crypto.x509"
 
 
+def _quiet_deprecated_algorithms() -> None:
+    """Keep cryptography's deprecation warnings about algorithms asyncssh still supports (DSA in
+    cryptography 51: raised as soon as asyncssh names the DSA classes, at import time) off
+    stderr. They concern asyncssh's own code, which a drsync user cannot act on, and drsync's
+    errors are one line each on stderr. Only warnings raised from asyncssh's modules are silenced."""
+    import warnings
+
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:  # an older or newer cryptography without the class: nothing to quiet
+        return
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, module=r"asyncssh(\.|$)")
+
+
 def import_asyncssh():
     """``import asyncssh``, without two costs a run against OpenSSH gains nothing from: the ~20 ms
     its post-quantum shim spends at import time asking ctypes.util.find_library for liboqs (which
@@ -72,6 +86,7 @@ def import_asyncssh():
         return sys.modules["asyncssh"]
     import ctypes.util
 
+    _quiet_deprecated_algorithms()
     real = ctypes.util.find_library
     ctypes.util.find_library = _quick_find_library
     blocked = sys.modules.setdefault(_X509, None) is None
