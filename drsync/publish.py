@@ -348,7 +348,7 @@ class Receiver:
         ``publish_version`` waits for this work (lending a hand), then flushes and renames."""
         if versions and self._staging is None:
             self._start_writeback()
-            self._staging = Staging(self.state.sub("staging"), versions, self.drs)
+            self._staging = Staging(self.state.sub("staging"), versions, self.drs, self.ds)
 
     def _start_writeback(self) -> None:
         """This run will flush: start writing back what is already dirty now (writeback.py)."""
@@ -396,9 +396,9 @@ class Receiver:
             if version not in self._built:
                 if len(entries) >= PARALLEL_LINKS:
                     # two threads (this one and a helper), one variable directory at a time
-                    Staging(staging, [(version, entries)], self.drs).wait(False)
+                    Staging(staging, [(version, entries)], self.drs, self.ds).wait(False)
                 else:
-                    Staging.build_here(staging, [(version, entries)], self.drs)
+                    Staging.build_here(staging, [(version, entries)], self.drs, self.ds)
             self._check_files_dirs(entries)
             if latest:
                 # Made here so that the flush below also writes the new link's inode: point_latest

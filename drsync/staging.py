@@ -1,8 +1,18 @@
 """Building versions' link trees in ``<state>/staging`` (step 2 of DESIGN §4, before the flush
 and the rename that publish them): one task per variable directory, taken by a background
-thread while the files arrive and by the thread that then waits for it."""
+thread while the files arrive and by the thread that then waits for it.
+
+A link the destination's previous published version already has, with the same target, is made
+as a hard link to that symlink (like rsync's ``--link-dest``, which hard-links symlinks too): it
+is the same relative symlink under a second name, and it allocates no inode. On ext4, allocating
+inodes is what a new symlink costs, and right after a big copy onto the filesystem it costs 2 to
+10 times more than usual (docs/performance.md); a new version typically re-uses most of the
+previous one's links. Any link that cannot be shared (no previous version, another target, a
+filesystem without hard links, too many links to one inode) is made as a new symlink."""
 
 from __future__ import annotations
+
+import os
 
 from . import layout
 from . import manifest as mf
@@ -16,7 +26,8 @@ class Staging:
     links are made by one thread beside the copy and by two once the copy is done. An error, or a
     cancel, stops both at the next task; the kernel's symlink calls release the GIL."""
 
-    def __init__(self, staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str):
+    def __init__(self, staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str,
+                 published: Dir | None = None):
         import threading
 
         self.cancelled = False
@@ -24,16 +35,17 @@ class Staging:
         self.versions = {v for v, _ in versions}
         self._dirs: list[Dir] = []  # closed once no thread can use them (after the join)
         self._lock = threading.Lock()
-        self._tasks = link_tasks(staging, versions, drs, self._dirs)
+        self._tasks = link_tasks(staging, versions, drs, self._dirs, published)
         self.thread = threading.Thread(target=self._work, name="drsync-staging", daemon=True)
         self.thread.start()
 
     @staticmethod
-    def build_here(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str) -> None:
+    def build_here(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str,
+                   published: Dir | None = None) -> None:
         """The same tasks, on this thread alone (a small version: a thread would cost more)."""
         dirs: list[Dir] = []
         try:
-            for task in link_tasks(staging, versions, drs, dirs):
+            for task in link_tasks(staging, versions, drs, dirs, published):
                 task()
         finally:
             for d in dirs:
@@ -65,17 +77,69 @@ class Staging:
         return set() if self.cancelled else self.versions
 
 
-def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str, dirs: list[Dir]):
-    """For each version: its directory made afresh in staging (a crashed run's leftover removed),
-    then one task per variable directory making its links."""
+def previous_version(published: Dir | None, version: str) -> str | None:
+    """The newest ``v<digits>`` directory name in ``published`` (the destination dataset) below
+    ``version``, or None. Only a name: the caller opens it without following a symlink."""
+    if published is None:
+        return None
+    key = layout.version_key(version)
+    older = [n[1:] for n in published.listdir() if layout.is_version_dir(n) and layout.version_key(n[1:]) < key]
+    return f"v{max(older, key=layout.version_key)}" if older else None
 
-    def make_links(vdir: Dir, name: str, group: list[mf.Entry], linked: dict[str, str]) -> None:
+
+def _open_previous(published: Dir | None, version: str, dirs: list[Dir]) -> Dir | None:
+    name = previous_version(published, version)
+    if name is None:
+        return None
+    try:
+        prev = published.open_dir(name)  # a real directory, never a symlink (O_NOFOLLOW)
+    except OSError:
+        return None
+    dirs.append(prev)
+    return prev
+
+
+def _share_or_symlink(prev: Dir | None, nd: Dir, target: str, file: str) -> bool:
+    """Make link ``file`` -> ``target`` in ``nd``: a hard link to ``prev``'s link of that name when
+    it is a symlink with exactly this target, else a new symlink. True when shared."""
+    if prev is not None:
+        try:
+            if os.readlink(file, dir_fd=prev.fd) == target:
+                os.link(file, file, src_dir_fd=prev.fd, dst_dir_fd=nd.fd, follow_symlinks=False)
+                return True
+        except OSError:
+            pass  # absent, not a symlink, EMLINK, EPERM ...: a symlink of its own
+    nd.symlink(target, file)
+    return False
+
+
+def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str, dirs: list[Dir],
+               published: Dir | None = None):
+    """For each version: its directory made afresh in staging (a crashed run's leftover removed),
+    then one task per variable directory making its links. With ``published`` (the destination
+    dataset), links equal to those of the newest published version below are shared with it."""
+
+    def make_links(vdir: Dir, name: str, group: list[mf.Entry], linked: dict[str, str], prev_v: Dir | None) -> None:
         # each files dir's part of the target made once: the loop holds the GIL that the copy
-        # running beside it needs, so it does little more than the symlink calls
+        # running beside it needs, so it does little more than the link calls
         prefix = {d: layout.canonical_target(name, linked[d], "") for d in {e.dir for e in group}}
-        with vdir.ensure_dir(name) as nd:
-            for e in group:
-                nd.symlink(prefix[e.dir] + e.file, e.file)
+        prev = None
+        if prev_v is not None:
+            try:
+                prev = prev_v.open_dir(name)
+            except OSError:
+                prev = None
+        try:
+            with vdir.ensure_dir(name) as nd:
+                if prev is None:
+                    for e in group:
+                        nd.symlink(prefix[e.dir] + e.file, e.file)
+                else:
+                    for e in group:
+                        _share_or_symlink(prev, nd, prefix[e.dir] + e.file, e.file)
+        finally:
+            if prev is not None:
+                prev.close()
         fault_point("staging")
 
     for version, entries in versions:
@@ -89,5 +153,7 @@ def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: st
         staging.remove_tree(vname)
         vdir = staging.ensure_dir(vname)
         dirs.append(vdir)
+        prev_v = _open_previous(published, version, dirs)
         for name, group in sorted(by_name.items()):
-            yield lambda vdir=vdir, name=name, group=group, linked=linked: make_links(vdir, name, group, linked)
+            yield (lambda vdir=vdir, name=name, group=group, linked=linked, prev_v=prev_v:
+                   make_links(vdir, name, group, linked, prev_v))

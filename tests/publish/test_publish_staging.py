@@ -56,9 +56,9 @@ def test_each_version_is_built_once(tmp_path, monkeypatch):
     built = []
     real = staging.link_tasks
 
-    def tasks(staging, versions, drs, dirs):
+    def tasks(staging, versions, drs, dirs, *rest):
         built.extend((v, threading.current_thread().name) for v, _ in versions)
-        return real(staging, versions, drs, dirs)
+        return real(staging, versions, drs, dirs, *rest)
 
     monkeypatch.setattr(staging, "link_tasks", tasks)
     assert drsync.push(src, dst).exit_code == 0
