@@ -455,7 +455,8 @@ class Bench:
         if links is not None:
             n, dirs = links
             probes.append(((f"python start-up + {n:,} symlinks in {dirs} new directories, 2 threads (what the kernel "
-                            "charges for a LARGE version's links; drsync makes them the same way)"),
+                            "charges for a LARGE version's links as new symlinks, as rsync makes them; drsync makes "
+                            "those the previous version lacks this way and hard-links the rest)"),
                            lambda k: [py, "-S", "-c", LINKS_PROBE, str(self.work / f"floor-links-{k}"), str(n), str(dirs)]))
         for what, argv in probes:
             walls = []
