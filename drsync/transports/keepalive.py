@@ -55,7 +55,12 @@ class WatchedSocket(socket.socket):
 
 
 def open_socket(host: str, port: int, timeout: float) -> WatchedSocket:
-    """Connect to ``host:port`` (each address in turn), giving up after ``timeout`` seconds each."""
+    """Connect to ``host:port`` (each address in turn), giving up after ``timeout`` seconds each.
+    Nagle's algorithm is off (TCP_NODELAY, as asyncio sets it for asyncssh): paramiko writes an SSH
+    exchange as several small packets, and with Nagle on the second waits for the ACK of the first,
+    which sshd delays by 40 ms. Measured on loopback, paramiko's connection up to the agent's
+    greeting: 187 ms -> 140 ms median (6 runs each; the user-auth request and the session open each
+    waited ~40 ms)."""
     error: OSError | None = None
     for family, kind, proto, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
         sock = WatchedSocket(family, kind, proto)
@@ -66,6 +71,7 @@ def open_socket(host: str, port: int, timeout: float) -> WatchedSocket:
             sock.close()
             error = e
             continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.last_recv = time.monotonic()
         return sock
     raise error or OSError(f"no address for {host}")

@@ -114,6 +114,29 @@ def test_every_read_from_sshd_is_acked_at_once(tmp_path, sshd_server, ssh_client
     invariants.check_converged(src, dst)
 
 
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_the_runs_socket_sends_without_nagle(tmp_path, sshd_server, ssh_client_env, monkeypatch, backend):
+    """Small SSH packets go out at once (TCP_NODELAY) with either backend: with Nagle on, paramiko's
+    user-auth request and session open each waited ~40 ms for sshd's delayed ACK."""
+    import socket
+
+    seen: list[int] = []
+    real = quickack.ack_now
+
+    def ack_now(sock):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        real(sock)
+
+    monkeypatch.setattr(quickack, "ack_now", ack_now)
+    monkeypatch.setattr(keepalive, "ack_now", ack_now)
+    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+    treegen.make_node(src, SHAPE)
+    r = drsync.push(src, f"drsync-test:{dst}", drsync.Options(drsync_path=AGENT, ssh_backend=backend))
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    assert len(seen) >= 10 and all(seen), seen
+
+
 def test_quick_acks_reach_the_kernel_of_a_tcp_socket_only():
     import socket
 
