@@ -103,7 +103,7 @@ def _mount_tmpfs(path: str) -> str | None:
 def test_a_partial_that_cannot_be_created_after_the_ask_leaves_the_link_in_step(
         tmp_path, sshd_server, ssh_client_env, direction):
     """Out of inodes on the receiving side once the batch was asked for: the receiver still reads
-    what the source sends (fetch.Announced, publish._drain), so the dataset fails as itself (exit
+    what the source sends (fetch.Announced, receive_files._drain), so the dataset fails as itself (exit
     6, "No space left", nothing published) and the next dataset goes through on the same
     connection."""
     src, dst = str(tmp_path / "a"), str(tmp_path / "b")

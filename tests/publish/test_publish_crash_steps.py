@@ -30,7 +30,7 @@ from publish_helpers import (
     source_files,
 )
 
-from drsync.publish import FLUSH_FILES
+from drsync.receive_files import FLUSH_FILES
 
 # Three datasets so that every per-dataset step (fsync, latest, manifest) repeats at least 3 times.
 SHAPE = treegen.Shape(datasets=3, variables=2, files=6, versions=4, size=4096)
