@@ -91,15 +91,13 @@ def test_an_early_channel_carries_the_connections_own_error(tmp_path, sshd_serve
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
-def test_every_read_from_sshd_is_acked_at_once(tmp_path, sshd_server, ssh_client_env, monkeypatch, backend):
-    """sshd sends small packets with Nagle's algorithm on; a delayed ACK would hold the next one 40 ms
-    (the session's confirmation after authentication, measured: 44 ms -> 2 ms)."""
-    acked: list[int] = []
+def _push_watching_acks(tmp_path, monkeypatch, backend: str, watch) -> tuple[str, str]:
+    """Push a small node over ssh with ``watch(sock)`` called on every quick ACK of the run (before
+    the real one); the push must succeed. Returns (source, destination)."""
     real = quickack.ack_now
 
     def ack_now(sock):
-        acked.append(sock.fileno())
+        watch(sock)
         real(sock)
 
     monkeypatch.setattr(quickack, "ack_now", ack_now)
@@ -108,6 +106,15 @@ def test_every_read_from_sshd_is_acked_at_once(tmp_path, sshd_server, ssh_client
     treegen.make_node(src, SHAPE)
     r = drsync.push(src, f"drsync-test:{dst}", drsync.Options(drsync_path=AGENT, ssh_backend=backend))
     assert r.exit_code == 0, [e.line() for e in r.errors]
+    return src, dst
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_every_read_from_sshd_is_acked_at_once(tmp_path, sshd_server, ssh_client_env, monkeypatch, backend):
+    """sshd sends small packets with Nagle's algorithm on; a delayed ACK would hold the next one 40 ms
+    (the session's confirmation after authentication, measured: 44 ms -> 2 ms)."""
+    acked: list[int] = []
+    src, dst = _push_watching_acks(tmp_path, monkeypatch, backend, lambda sock: acked.append(sock.fileno()))
     # from the server's banner to the agent's last reply, each read of the run's socket: dozens of
     # them (a connection an earlier test closed may still ack its last reads meanwhile)
     assert max(collections.Counter(acked).values(), default=0) >= 10
@@ -121,19 +128,12 @@ def test_the_runs_socket_sends_without_nagle(tmp_path, sshd_server, ssh_client_e
     import socket
 
     seen: list[int] = []
-    real = quickack.ack_now
 
-    def ack_now(sock):
+    def nodelay(sock):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        real(sock)
 
-    monkeypatch.setattr(quickack, "ack_now", ack_now)
-    monkeypatch.setattr(keepalive, "ack_now", ack_now)
-    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
-    treegen.make_node(src, SHAPE)
-    r = drsync.push(src, f"drsync-test:{dst}", drsync.Options(drsync_path=AGENT, ssh_backend=backend))
-    assert r.exit_code == 0, [e.line() for e in r.errors]
+    _push_watching_acks(tmp_path, monkeypatch, backend, nodelay)
     assert len(seen) >= 10 and all(seen), seen
 
 
