@@ -24,9 +24,16 @@ CHUNK = 1 << 20
 
 
 def hash_fd(fd: int, size: int | None = None) -> str:
-    """xxh3-128 of a whole open file, read from its start."""
+    """xxh3-128 of a whole open file, read from its start. With ``size`` (what an lstat said), a
+    file of at most CHUNK bytes that still has that size is read with one call, not two."""
     h = xxhash.xxh3_128()
     offset = 0
+    if size is not None and size < CHUNK:
+        b = os.pread(fd, size + 1, 0)  # one byte more: a file that grew is read on below
+        h.update(b)
+        if len(b) == size:
+            return h.hexdigest()
+        offset = len(b)
     while True:
         b = os.pread(fd, CHUNK, offset)
         if not b:
@@ -36,10 +43,10 @@ def hash_fd(fd: int, size: int | None = None) -> str:
     return h.hexdigest()
 
 
-def hash_file(d: Dir, name: str) -> str:
+def hash_file(d: Dir, name: str, size: int | None = None) -> str:
     fd = d.open_read(name)
     try:
-        return hash_fd(fd)
+        return hash_fd(fd, size)
     finally:
         os.close(fd)
 
@@ -197,6 +204,7 @@ class _Scanner:
         self._files: Dir | None = None
         self._dirs: dict[str, Dir] = {}
         self._known: dict[tuple[str, str], mf.Entry] = {}
+        self._scanned: dict[tuple[str, str], mf.Entry] = {}  # real files lstat'ed by this scan
         self._loaded_versions: set[str] = set()
 
     def files_dir(self, dirname: str) -> Dir:
@@ -235,9 +243,39 @@ class _Scanner:
                     raise UnsafeInputError("non-canonical layout: version directory holds a non-directory",
                                            dataset=drs, path=f"v{version}/{name}")
                 with vdir.open_dir(name) as nd:
-                    for fe in sorted(nd.scandir(), key=lambda x: x.name):
-                        entries.append(self.scan_entry(nd, version, name, fe.name, fe))
+                    entries += self.scan_links(nd, version, name)
         return entries
+
+    def scan_links(self, nd: Dir, version: str, name: str) -> list[mf.Entry]:
+        """The entries of ``v<version>/<name>/`` (open as ``nd``), in name order: scan_entry for
+        each, with the checks that do not depend on the link's real file made on whole columns
+        (names, link kinds, targets) and each real file stat'ed (and hashed) once per scan however
+        many versions link to it. Anything a column check refuses goes through scan_entry, which
+        raises the precise error."""
+        found = sorted(nd.scandir(), key=lambda x: x.name)
+        files = [fe.name for fe in found]
+        if not layout.plain_names(files) or not all(fe.is_symlink() for fe in found):
+            return [self.scan_entry(nd, version, name, fe.name, fe) for fe in found]
+        prefix = f"../../{layout.FILES}/{name}_"
+        cut = len(prefix)
+        newest = layout.version_key(version)
+        dirs: dict[str, str] = {}  # linked version -> its files dir, checked once per directory
+        seen = self._scanned
+        readlink = nd.readlink
+        out = []
+        for fe, file in zip(found, files):
+            target = readlink(file)
+            linked, sep, rest = target[cut:].partition("/")
+            dirname = dirs.get(linked) if sep and rest == file and target.startswith(prefix) else None
+            if dirname is None:
+                if sep and rest == file and target.startswith(prefix) and layout.is_version(linked) \
+                        and layout.version_key(linked) <= newest:
+                    dirname = dirs[linked] = layout.files_dir(name, linked)
+                else:
+                    dirname = layout.parse_link(target, name, file, version, dataset=self.man.path)
+            entry = seen.get((dirname, file))
+            out.append(entry if entry is not None else self.real_entry(version, name, file, dirname))
+        return out
 
     def scan_entry(self, nd: Dir, version: str, name: str, file: str, fe: os.DirEntry) -> mf.Entry:
         drs = self.man.path
@@ -246,16 +284,24 @@ class _Scanner:
         if not fe.is_symlink():
             raise UnsafeInputError("non-canonical layout: version entry is not a symlink", dataset=drs, path=where)
         dirname = layout.parse_link(nd.readlink(file), name, file, version, dataset=drs)
+        return self._scanned.get((dirname, file)) or self.real_entry(version, name, file, dirname)
+
+    def real_entry(self, version: str, name: str, file: str, dirname: str) -> mf.Entry:
+        """The entry of link ``v<version>/<name>/<file>`` into ``files/<dirname>/<file>``, checked
+        canonical: its real file lstat'ed (a regular file), its digest taken from the manifest's
+        record of that file when the size agrees, else hashed. Remembered for the rest of the scan."""
+        drs = self.man.path
         try:
             fdir = self.files_dir(dirname)
             st = fdir.lstat(file)
         except OSError as e:
+            where = f"v{version}/{name}/{file}"
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 raise UnsafeInputError("broken link: target missing or not a real file", dataset=drs,
                                        path=where) from e
             raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=where) from e
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeInputError("link target is not a regular file", dataset=drs, path=where)
+            raise UnsafeInputError("link target is not a regular file", dataset=drs, path=f"v{version}/{name}/{file}")
         known = self.known(dirname, file)
         if known is not None and known.size == st.st_size:
             digest = known.digest
@@ -265,11 +311,12 @@ class _Scanner:
                 digest = loose.digest
             else:
                 try:
-                    digest = hash_file(fdir, file)
+                    digest = hash_file(fdir, file, st.st_size)
                 except OSError as e:
                     raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=f"files/{dirname}/{file}")
         entry = mf.Entry(name, file, dirname, st.st_size, st.st_mtime_ns, digest)
         self._known.setdefault(entry.real, entry)
+        self._scanned[entry.real] = entry
         return entry
 
     def scan_loose(self, versions: set[str]) -> dict[tuple[str, str], mf.Loose]:

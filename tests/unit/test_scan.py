@@ -11,6 +11,7 @@ import treegen
 import xxhash
 from unit_util import build, link, links_of, refresh, set_latest, write_file
 
+from drsync import manifest as mf
 from drsync.errors import UnsafeInputError
 from drsync.events import Recorder
 from drsync.fsutil import Dir
@@ -54,9 +55,9 @@ def hashed_files(monkeypatch):
     calls = []
     real = scan.hash_file
 
-    def wrapper(d, name):
+    def wrapper(d, name, *size):
         calls.append((os.path.basename(d.path), name))
-        return real(d, name)
+        return real(d, name, *size)
 
     monkeypatch.setattr(scan, "hash_file", wrapper)
     return calls
@@ -143,6 +144,55 @@ def test_refresh_hashes_each_real_file_once(one, monkeypatch):
     real = {(d, f) for d in os.listdir(os.path.join(path, "files"))
             for f in os.listdir(os.path.join(path, "files", d))}
     assert sorted(hashes) == sorted(real)  # each real file exactly once
+
+
+def test_refresh_stats_each_real_file_once(one, monkeypatch):
+    """Later versions link to the same real files: one lstat per real file, not one per link."""
+    gen, path = one
+    stats = []
+    real_lstat = Dir.lstat
+
+    def lstat(d, name):
+        stats.append((os.path.basename(d.path), name))
+        return real_lstat(d, name)
+
+    monkeypatch.setattr(Dir, "lstat", lstat)
+    man = refresh(path)
+    files = [(d, f) for d, f in stats if d != "files" and "_" in d]
+    assert sorted(files) == sorted(set(files))
+    assert set(files) == {e.real for v in gen.versions for e in man.entries(v)}
+    assert sum(len(man.entries(v)) for v in gen.versions) > len(files)  # the case the cache is for
+
+
+def test_column_checks_give_what_the_entry_by_entry_scan_gives(one):
+    """scan_links (names, kinds and targets checked per directory) against scan_entry per link."""
+    gen, path = one
+    with Dir.open_root(path) as ds:
+        man = scan.DatasetManifest("", mf.Index(), _ds=ds)
+        for v in gen.versions:
+            fast, slow = scan._Scanner(ds, man, None), scan._Scanner(ds, man, None)
+            with ds.open_dir(f"v{v}") as vdir:
+                for var in sorted(vdir.listdir()):
+                    with vdir.open_dir(var) as nd:
+                        by_column = fast.scan_links(nd, v, var)
+                        one_by_one = [slow.scan_entry(nd, v, var, fe.name, fe)
+                                      for fe in sorted(nd.scandir(), key=lambda x: x.name)]
+                    assert by_column == one_by_one
+                    assert by_column  # every generated variable directory holds links
+
+
+@pytest.mark.parametrize("written, told", [(0, 0), (5, 5), (5, 3), (5, 9), (3 << 20, 3 << 20), (3 << 20, 7)])
+def test_hash_fd_reads_the_whole_file_whatever_size_it_is_told(tmp_path, written, told):
+    """``size`` is what an lstat said a moment ago: a file that grew or shrank since is still
+    hashed whole."""
+    data = os.urandom(written)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert scan.hash_fd(fd, told) == xxhash.xxh3_128_hexdigest(data) == scan.hash_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def test_refresh_saves_index_and_entry_lists(one):
