@@ -258,23 +258,20 @@ class _Scanner:
             return [self.scan_entry(nd, version, name, fe.name, fe) for fe in found]
         prefix = f"../../{layout.FILES}/{name}_"
         cut = len(prefix)
-        newest = layout.version_key(version)
-        dirs: dict[str, str] = {}  # linked version -> its files dir, checked once per directory
-        seen = self._scanned
+        dirs: dict[str, str] = {}  # linked version -> its files dir, as parse_link returned it
         readlink = nd.readlink
         out = []
-        for fe, file in zip(found, files):
+        for file in files:
             target = readlink(file)
+            # canonical is prefix + <version> + "/" + file: parse_link checks each version once
             linked, sep, rest = target[cut:].partition("/")
-            dirname = dirs.get(linked) if sep and rest == file and target.startswith(prefix) else None
+            shaped = sep and rest == file and target.startswith(prefix)
+            dirname = dirs.get(linked) if shaped else None
             if dirname is None:
-                if sep and rest == file and target.startswith(prefix) and layout.is_version(linked) \
-                        and layout.version_key(linked) <= newest:
-                    dirname = dirs[linked] = layout.files_dir(name, linked)
-                else:
-                    dirname = layout.parse_link(target, name, file, version, dataset=self.man.path)
-            entry = seen.get((dirname, file))
-            out.append(entry if entry is not None else self.real_entry(version, name, file, dirname))
+                dirname = layout.parse_link(target, name, file, version, dataset=self.man.path)
+                if shaped:
+                    dirs[linked] = dirname
+            out.append(self.real_entry(version, name, file, dirname))
         return out
 
     def scan_entry(self, nd: Dir, version: str, name: str, file: str, fe: os.DirEntry) -> mf.Entry:
@@ -284,24 +281,27 @@ class _Scanner:
         if not fe.is_symlink():
             raise UnsafeInputError("non-canonical layout: version entry is not a symlink", dataset=drs, path=where)
         dirname = layout.parse_link(nd.readlink(file), name, file, version, dataset=drs)
-        return self._scanned.get((dirname, file)) or self.real_entry(version, name, file, dirname)
+        return self.real_entry(version, name, file, dirname)
 
     def real_entry(self, version: str, name: str, file: str, dirname: str) -> mf.Entry:
         """The entry of link ``v<version>/<name>/<file>`` into ``files/<dirname>/<file>``, checked
         canonical: its real file lstat'ed (a regular file), its digest taken from the manifest's
-        record of that file when the size agrees, else hashed. Remembered for the rest of the scan."""
+        record of that file when the size agrees, else hashed. Once per real file and scan."""
+        got = self._scanned.get((dirname, file))
+        if got is not None:
+            return got
         drs = self.man.path
+        where = f"v{version}/{name}/{file}"
         try:
             fdir = self.files_dir(dirname)
             st = fdir.lstat(file)
         except OSError as e:
-            where = f"v{version}/{name}/{file}"
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 raise UnsafeInputError("broken link: target missing or not a real file", dataset=drs,
                                        path=where) from e
             raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=where) from e
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeInputError("link target is not a regular file", dataset=drs, path=f"v{version}/{name}/{file}")
+            raise UnsafeInputError("link target is not a regular file", dataset=drs, path=where)
         known = self.known(dirname, file)
         if known is not None and known.size == st.st_size:
             digest = known.digest
