@@ -240,6 +240,22 @@ def _connect_early(args) -> None:
                     accept_new=args.accept_new, timeout=args.timeout)
 
 
+# How long the command line lets the connection it started have the interpreter to itself (see
+# _give_way_to_handshake); on loopback or a LAN the handshake takes ~0.05 s.
+HANDSHAKE_HEAD_START = 0.2
+
+
+def _give_way_to_handshake() -> None:
+    """Wait until the early channel's remote command is started (at most HANDSHAKE_HEAD_START), then
+    import the planning machinery and read the local source. Both threads need the interpreter: run
+    beside the handshake, that work made it 10-20 ms slower (one new version SMALL over ssh,
+    docs/performance.md), while the remote login shell and the agent's start-up that follow leave this
+    process idle for longer than the work takes."""
+    from .transports import ssh
+
+    ssh.wait_prepared(HANDSHAKE_HEAD_START)
+
+
 def _ssh_library_without_tls(backend: str, executable: bool):
     """Let asyncio load without the ssl module while the `drsync` executable imports asyncssh.
     asyncio imports ssl only to offer TLS, which a run over SSH never uses, and importing it
@@ -321,6 +337,7 @@ def main(argv: list[str] | None = None, *, freeze: bool = False) -> int:
             if args.command in TRANSFERS:
                 with _ssh_library_without_tls(backend, freeze):
                     _connect_early(args)
+                _give_way_to_handshake()
             elif args.command != "mirror":
                 with _ssh_library_without_tls(backend, freeze):
                     _import_ssh_library(backend)

@@ -39,6 +39,11 @@ class Connecting:
                 return
         node.close()  # nobody will collect it
 
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the opener to return or fail; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def result(self):
         """The connected node, once ready; the connection's own error if it failed."""
         self._thread.join()

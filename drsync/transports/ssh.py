@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from collections import namedtuple
 
 from ..errors import ConnectionFailure, DrsyncError, UsageError
@@ -186,6 +187,17 @@ def prepare_channel(spec: str, *, backend: str, drsync_path: str, accept_new: bo
     key = _key(parsed, backend, drsync_path, accept_new, timeout)
     if key not in _prepared:
         _prepared[key] = Connecting(_open, parsed, backend, drsync_path, accept_new, timeout)
+
+
+def wait_prepared(timeout: float) -> None:
+    """Give the prepared channels' handshakes the interpreter: return once each has its remote command
+    started (or has failed), or after ``timeout`` seconds. The handshake is CPU work in this process
+    (key exchange, host-key check, signature: asyncssh or paramiko code on a helper thread) and waits
+    for the interpreter whenever the caller's thread computes; the remote login shell and the agent's
+    start-up that follow are idle time here, the better moment for the caller's own work."""
+    deadline = time.monotonic() + timeout
+    for early in list(_prepared.values()):
+        early.wait(max(0.0, deadline - time.monotonic()))
 
 
 def discard_prepared() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import invariants
 import pytest
@@ -15,7 +16,7 @@ import treegen
 import drsync
 from drsync import connecting, state
 from drsync.scan import DatasetManifest
-from drsync.transports import remote
+from drsync.transports import remote, ssh
 
 AGENT = f"{sys.executable} -m drsync"
 SHAPE = treegen.Shape(datasets=1, variables=2, files=8, versions=3, changed=0.25, added=2, removed=0)
@@ -115,3 +116,21 @@ def test_connecting_hands_over_the_node_or_the_error():
     gate.set()
     c._thread.join(WAIT)
     assert late.closed
+
+
+def test_waiting_for_prepared_channels_is_bounded(monkeypatch):
+    """ssh.wait_prepared returns as soon as every prepared channel is open, or at its deadline with
+    the handshake still running (it never turns a slow connection into a longer run)."""
+    gate = threading.Event()
+    monkeypatch.setattr(ssh, "_prepared", {})
+    ssh._prepared["quick"] = connecting.Connecting(lambda *a: None, "spec")
+    ssh._prepared["slow"] = slow = connecting.Connecting(lambda *a: gate.wait(WAIT), "spec")
+    t0 = time.monotonic()
+    ssh.wait_prepared(0.05)
+    assert time.monotonic() - t0 < WAIT / 2 and not gate.is_set()
+    assert ssh._prepared["quick"].wait(0) and not slow.wait(0)
+    gate.set()
+    assert slow.wait(WAIT)
+    t0 = time.monotonic()
+    ssh.wait_prepared(WAIT)  # both done: no wait at all
+    assert time.monotonic() - t0 < WAIT / 2

@@ -27,14 +27,17 @@ EARLY = r"""
 import json, sys
 from drsync import cli
 from drsync.transports import ssh
-seen = []
+seen, opened = [], []
 real = ssh._open
 def spy(*args):  # the connection starts: is the planner loaded yet?
     seen.append({"sync": "drsync.sync" in sys.modules, "plan": "drsync.plan" in sys.modules})
-    return real(*args)
+    channel = real(*args)
+    opened.append({"sync": "drsync.sync" in sys.modules})  # and once the agent is started?
+    return channel
 ssh._open = spy
+cli.HANDSHAKE_HEAD_START = 120  # however slow this machine's handshake
 code = cli.main(sys.argv[1:], freeze=True)
-print(json.dumps({"code": code, "seen": seen, "left": len(ssh._prepared)}))
+print(json.dumps({"code": code, "seen": seen, "opened": opened, "left": len(ssh._prepared)}))
 """
 
 
@@ -55,6 +58,9 @@ def test_the_command_line_connects_before_it_loads_the_planner(tmp_path, sshd_se
     # one connection, started while neither the planner nor the sync driver was imported; the run
     # took it over (nothing left prepared) instead of connecting a second time
     assert got["seen"] == [{"sync": False, "plan": False}]
+    # ... and the handshake had the interpreter to itself: the planner was imported only once the
+    # remote agent was started (cli._give_way_to_handshake)
+    assert got["opened"] == [{"sync": False}]
     assert got["left"] == 0
     invariants.check_converged(src, dst)
 
