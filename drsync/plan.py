@@ -65,11 +65,11 @@ def _held(have: tuple[int, str] | None, e: Entry) -> bool:
     return have[1] == e.digest or mf.UNKNOWN_DIGEST in (have[1], e.digest)
 
 
-def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Options = Options()) -> DatasetPlan:
-    """Compare one dataset's manifests. Loads entry lists only for versions that must move."""
+def _versions_diff(src: DatasetManifest, dst: DatasetManifest | None, options: Options):
+    """The version-level half of a plan: (conflicts, extras, wanted, to_add), from the indexes alone
+    (and, with a sizes-only side, the common versions' entry lists)."""
     sv = src.index.versions
     dv = dst.index.versions if dst else {}
-    d_latest = dst.index.latest if dst else None
     sizes_only = src.sizes_only or (dst is not None and dst.sizes_only)
     if sizes_only:
         # SFTP fallback: digests unknown on one side; compare names, link targets and sizes only
@@ -80,14 +80,35 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
     else:
         conflicts = tuple(layout.sort_versions(v for v in sv.keys() & dv.keys() if sv[v].digest != dv[v].digest))
     extras = tuple(layout.sort_versions(dv.keys() - sv.keys()))
+    up_to = options.up_to
+    wanted = [v for v in layout.sort_versions(sv) if up_to is None or layout.version_key(v) <= layout.version_key(up_to)]
+    return conflicts, extras, wanted, tuple(v for v in wanted if v not in dv)
+
+
+def versions_to_stage(src: DatasetManifest, dst: DatasetManifest | None, options: Options = Options()) -> tuple[str, ...]:
+    """The versions diff_dataset(src, dst, options) will add, when that plan is sure to go ahead (no
+    conflict, no error); else (). What a receiver can start building (the links, in staging) before
+    the rest of the plan, the files to send, is worked out: on a large version that rest is most of
+    the plan's time. A sizes-only side (SFTP) has no staging: ()."""
+    if src.sizes_only or (dst is not None and (dst.sizes_only or dst.latest_is_dir)):
+        return ()
+    conflicts, _extras, _wanted, to_add = _versions_diff(src, dst, options)
+    return () if conflicts else to_add
+
+
+def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Options = Options()) -> DatasetPlan:
+    """Compare one dataset's manifests. Loads entry lists only for versions that must move."""
+    sv = src.index.versions
+    dv = dst.index.versions if dst else {}
+    d_latest = dst.index.latest if dst else None
+    sizes_only = src.sizes_only or (dst is not None and dst.sizes_only)
+    conflicts, extras, wanted, to_add = _versions_diff(src, dst, options)
     base = dict(path=src.path, latest_source=src.index.latest, latest_destination=d_latest,
                 extra_versions=extras)
     if conflicts:
         return DatasetPlan(conflicts=conflicts, **base)
 
     up_to = options.up_to
-    wanted = [v for v in layout.sort_versions(sv) if up_to is None or layout.version_key(v) <= layout.version_key(up_to)]
-    to_add = tuple(v for v in wanted if v not in dv)
 
     # What the destination already holds: files of its recorded versions that the new versions
     # reference, and loose files an interrupted run left in files/.

@@ -17,7 +17,7 @@ from .errors import ConflictError, DrsyncError, UsageError
 from .events import Events
 from .fetch import Received
 from .options import check_timeout  # noqa: F401  (re-exported: mirror jobs)
-from .plan import DatasetPlan, Options, Plan, diff_dataset
+from .plan import DatasetPlan, Options, Plan, diff_dataset, versions_to_stage
 from .retry import Retries
 from .scan import DatasetManifest
 from .transports.local import LocalDestination, LocalNode
@@ -221,6 +221,7 @@ def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: R
         return _checked(diff_dataset(sman, dst.peek_destination(drs), options), result)
     session = dst.open_destination(drs)
     try:
+        staged = _stage_early(sman, session, options)
         plan = diff_dataset(sman, session.manifest, options)
         if plan.conflicts and not options.checksum and hasattr(session, "rescan"):
             # FAULTS D7: confirm a conflict against the tree, not a stored index with a flipped byte
@@ -233,10 +234,23 @@ def _one_dataset(src, dst, drs: str, options: Options, events: Events, result: R
             # a retry after a lost connection re-plans (files that arrived meanwhile drop out); the
             # report keeps the first plan: what this run had to do
             planned.setdefault(drs, plan)
-            _execute(plan, src, sman, session, options, events, result)
+            _execute(plan, src, sman, session, options, events, result, staged)
         return plan
     finally:
         session.close()
+
+
+def _stage_early(sman: DatasetManifest, session, options: Options) -> tuple[str, ...]:
+    """Hand the receiver the new versions' entries as soon as the indexes say which versions those
+    are and that the plan will go ahead (plan.versions_to_stage), before the rest of the plan: it
+    builds their links in staging while the files to send are worked out and then arrive. Nothing
+    staged is visible; a session closed without publishing removes it."""
+    if not hasattr(session, "stage"):
+        return ()
+    versions = versions_to_stage(sman, session.manifest, options)
+    if versions:
+        session.stage([(v, sman.entries(v)) for v in versions])
+    return versions
 
 
 def _checked(plan: DatasetPlan, result: RunResult) -> DatasetPlan:
@@ -250,7 +264,7 @@ def _checked(plan: DatasetPlan, result: RunResult) -> DatasetPlan:
 
 
 def _execute(plan: DatasetPlan, src, sman: DatasetManifest, session, options: Options, events: Events,
-             result: RunResult) -> None:
+             result: RunResult, staged: tuple[str, ...] = ()) -> None:
     """Run the publish protocol for one dataset's plan."""
     drs = plan.path
     dman = session.manifest
@@ -259,8 +273,8 @@ def _execute(plan: DatasetPlan, src, sman: DatasetManifest, session, options: Op
         local = isinstance(src, LocalNode) and isinstance(session, LocalDestination)
         link = src.linker(drs) if options.link and local else None
         new = [(v, sman.entries(v)) for v in plan.versions_to_add]
-        if hasattr(session, "stage"):
-            session.stage(new)  # a local destination builds the links while the files arrive
+        if hasattr(session, "stage") and not staged:  # (staged early: _stage_early)
+            session.stage(new)  # the receiver builds the links while the files arrive
         got = session.receive(list(plan.files_to_send), src, drs, link)
         result.transferred.files += got.files
         result.transferred.bytes += got.bytes

@@ -9,6 +9,7 @@ import threading
 
 import invariants
 import treegen
+from planwatch import watch_stage_and_plan
 
 import drsync
 from drsync import publish, staging
@@ -115,3 +116,32 @@ def test_a_session_closed_before_publishing_stops_staging(tmp_path):
     dnode.close()
     assert drsync.push(src, dst).exit_code == 0
     invariants.check_converged(src, dst)
+
+
+def test_the_links_are_staged_before_the_files_to_send_are_planned(tmp_path, monkeypatch):
+    """sync._stage_early: the receiver gets the new versions' entries as soon as the indexes name
+    them, once; the plan's file list is worked out after that."""
+    from drsync.transports.local import LocalDestination
+
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    dst = str(tmp_path / "b")
+    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[0])).exit_code == 0
+    events = watch_stage_and_plan(monkeypatch, LocalDestination)
+    assert drsync.push(src, dst).exit_code == 0
+    new = tuple(ds.versions[1:])
+    assert events == [("stage", new), ("plan", new)]
+    invariants.check_converged(src, dst)
+
+    # nothing to add: nothing staged; a conflicting version: nothing staged, nothing published
+    events.clear()
+    assert drsync.push(src, dst).exit_code == 0
+    assert events == [("plan", ())]
+    other = str(tmp_path / "c")
+    treegen.make_node(other, treegen.Shape(datasets=1, variables=3, files=20, versions=3, changed=0.2, added=4,
+                                           removed=0, seed=7))
+    before = invariants.snapshot(dst)
+    events.clear()
+    assert drsync.push(other, dst).exit_code != 0
+    assert [e for e in events if e[0] == "stage"] == []
+    invariants.check(src, dst, before)

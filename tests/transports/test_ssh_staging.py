@@ -9,6 +9,7 @@ import sys
 import invariants
 import pytest
 import treegen
+from planwatch import watch_stage_and_plan
 
 import drsync
 
@@ -81,3 +82,21 @@ def test_each_link_travels_once(tmp_path, sshd_server, ssh_client_env, monkeypat
     assert (stage_op, publish_op) == ("dest_stage", "dest_publish")
     assert [v for v, _ in staged] == [v for v, _ in published] == list(ds.versions)
     assert all(rows for _, rows in staged) and all(rows is None for _, rows in published)
+
+
+def test_the_agent_gets_the_entries_before_the_client_plans_the_files(tmp_path, sshd_server, ssh_client_env,
+                                                                      monkeypatch):
+    """sync._stage_early over ssh: dest_stage goes out as soon as the destination's index is in,
+    before the client works out the files to send, and only once."""
+    from drsync.transports.remote import RemoteDestination
+
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    spec = f"drsync-test:{tmp_path / 'b'}"
+    opts = drsync.Options(drsync_path=AGENT, retries=0)
+    assert drsync.push(src, spec, drsync.Options(up_to=ds.versions[0], drsync_path=AGENT)).exit_code == 0
+    events = watch_stage_and_plan(monkeypatch, RemoteDestination)
+    r = drsync.push(src, spec, opts)
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    assert events == [("stage", (ds.versions[1],)), ("plan", (ds.versions[1],))]
+    invariants.check_converged(src, str(tmp_path / "b"))
