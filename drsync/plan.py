@@ -65,13 +65,23 @@ def _held(have: tuple[int, str] | None, e: Entry) -> bool:
     return have[1] == e.digest or mf.UNKNOWN_DIGEST in (have[1], e.digest)
 
 
+def _sizes_only(src: DatasetManifest, dst: DatasetManifest | None) -> bool:
+    """SFTP fallback on either side: digests unknown, only names, link targets and sizes compare."""
+    return src.sizes_only or (dst is not None and dst.sizes_only)
+
+
+def _latest_is_dir(dst: DatasetManifest | None) -> bool:
+    """The destination's `latest` is a directory (old layout): a plan that adds or moves anything
+    there is refused (DatasetPlan.error)."""
+    return dst is not None and dst.latest_is_dir
+
+
 def _versions_diff(src: DatasetManifest, dst: DatasetManifest | None, options: Options):
     """The version-level half of a plan: (conflicts, extras, wanted, to_add), from the indexes alone
     (and, with a sizes-only side, the common versions' entry lists)."""
     sv = src.index.versions
     dv = dst.index.versions if dst else {}
-    sizes_only = src.sizes_only or (dst is not None and dst.sizes_only)
-    if sizes_only:
+    if _sizes_only(src, dst):
         # SFTP fallback: digests unknown on one side; compare names, link targets and sizes only
         # (both sides reduced to a size digest), never digests that are unknown.
         conflicts = tuple(layout.sort_versions(
@@ -90,7 +100,7 @@ def versions_to_stage(src: DatasetManifest, dst: DatasetManifest | None, options
     conflict, no error); else (). What a receiver can start building (the links, in staging) before
     the rest of the plan, the files to send, is worked out: on a large version that rest is most of
     the plan's time. A sizes-only side (SFTP) has no staging: ()."""
-    if src.sizes_only or (dst is not None and (dst.sizes_only or dst.latest_is_dir)):
+    if _sizes_only(src, dst) or _latest_is_dir(dst):
         return ()
     conflicts, _extras, _wanted, to_add = _versions_diff(src, dst, options)
     return () if conflicts else to_add
@@ -101,7 +111,7 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
     sv = src.index.versions
     dv = dst.index.versions if dst else {}
     d_latest = dst.index.latest if dst else None
-    sizes_only = src.sizes_only or (dst is not None and dst.sizes_only)
+    sizes_only = _sizes_only(src, dst)
     conflicts, extras, wanted, to_add = _versions_diff(src, dst, options)
     base = dict(path=src.path, latest_source=src.index.latest, latest_destination=d_latest,
                 extra_versions=extras)
@@ -163,7 +173,7 @@ def diff_dataset(src: DatasetManifest, dst: DatasetManifest | None, options: Opt
         remaining_versions = layout.sort_versions((dv.keys() - set(extras)) | set(to_add))
         new_latest = remaining_versions[-1] if remaining_versions else None
     error = None
-    if dst is not None and dst.latest_is_dir and (new_latest or to_add):
+    if _latest_is_dir(dst) and (new_latest or to_add):
         error = UnsafeInputError("destination `latest` is a directory (old layout); drsync will not replace it",
                                  dataset=src.path, path=layout.LATEST)
     return DatasetPlan(

@@ -64,6 +64,7 @@ class Connection:
     def __init__(self, channel, events: Events, bwlimit: int | None, timeout: float = 0):
         self.channel = channel
         self.events = events
+        self._deferred: list = []  # on_reply of each request sent without waiting (send_deferred)
         throttle = _Throttle(bwlimit)
 
         def write(data: bytes) -> None:
@@ -98,6 +99,18 @@ class Connection:
         self.stream.send({"protocol": p.PROTOCOL, "timeout": timeout})
         p.raise_if_error(self.stream.recv())
 
+    def send_deferred(self, payload: bytes, on_reply) -> None:
+        """Send a request encoded as JSON text without waiting for its reply: ``on_reply(reply)``
+        gets it before any later request's reply is read (settle), so the replies stay in step
+        whatever the caller asks next."""
+        self.stream.send_json(payload)
+        self._deferred.append(on_reply)
+
+    def settle(self) -> None:
+        """Read the replies of the deferred requests still unanswered, in order."""
+        while self._deferred:
+            self._deferred.pop(0)(self.message())
+
     def message(self) -> dict:
         """The agent's next message, its warnings passed on to the events."""
         msg = self.stream.recv()
@@ -110,6 +123,7 @@ class Connection:
 
     def call(self, **req) -> dict:
         self.stream.send(req)
+        self.settle()
         return self.reply()
 
     def close(self) -> None:
@@ -136,31 +150,37 @@ class RemoteDestination:
         self.node = node
         self.drs = drs
         self.manifest = manifest
-        self._stage_sent: set[str] | None = None  # dest_stage sent, its answer not read yet
         self._staged_versions: set[str] = set()  # versions whose entries the agent holds
+        self._stage_error: dict | None = None  # dest_stage's error reply, raised on first use
 
     def stage(self, versions: list[tuple[str, list[mf.Entry]]]) -> None:
         """Send the new versions' entries ahead of their files, so that the agent builds the links
-        while the files arrive. Not waited for: its answer is read before dest_receive's."""
+        while the files arrive. Not waited for (Connection.send_deferred): its answer is read
+        before the next reply, at the latest dest_receive's."""
         if versions:
             # {"op": "dest_stage", "versions": [[v, rows], ...]}, the rows of a stored list embedded
             # as they were read (mf.entries_rows_bytes), not rebuilt and serialised again
             rows = b",".join(b"[" + p.json.dumps(v).encode() + b"," + mf.entries_rows_bytes(v, es) + b"]"
                              for v, es in versions)
-            self.node.conn.stream.send_json(b'{"op":"dest_stage","versions":[' + rows + b"]}")
-            self._stage_sent = {v for v, _ in versions}
+            sent = {v for v, _ in versions}
+            self.node.conn.send_deferred(b'{"op":"dest_stage","versions":[' + rows + b"]}",
+                                         lambda reply: self._stage_answered(sent, reply))
+
+    def _stage_answered(self, sent: set[str], reply: dict) -> None:
+        """An agent without dest_stage refuses the operation: the entries then go with dest_publish.
+        Any other error is kept for _staged(): a session's close() settles this reply too, and must
+        not raise it."""
+        err = reply.get("error") or {}
+        if not reply.get("ok") and not (err.get("code") == 2 and "not allowed" in str(err.get("message"))):
+            self._stage_error = reply
+        self._staged_versions = sent if reply.get("ok") else set()
 
     def _staged(self) -> set[str]:
-        """The versions the agent holds from dest_stage (its answer read on first use). An agent
-        without dest_stage refuses the operation: the entries then go with dest_publish."""
-        sent, self._stage_sent = self._stage_sent, None
-        if sent is not None:
-            reply = self.node.conn.message()
-            err = reply.get("error") or {}
-            older = not reply.get("ok") and err.get("code") == 2 and "not allowed" in str(err.get("message"))
-            if not older:
-                p.raise_if_error(reply)
-            self._staged_versions = set() if older else sent
+        """The versions the agent holds from dest_stage (its answer read now if it was not yet)."""
+        self.node.conn.settle()
+        error, self._stage_error = self._stage_error, None
+        if error is not None:
+            p.raise_if_error(error)
         return self._staged_versions
 
     def receive(self, files: list[mf.Entry], src, drs: str, link=None) -> Received:

@@ -100,3 +100,37 @@ def test_the_agent_gets_the_entries_before_the_client_plans_the_files(tmp_path, 
     assert r.exit_code == 0, [e.line() for e in r.errors]
     assert events == [("stage", (ds.versions[1],)), ("plan", (ds.versions[1],))]
     invariants.check_converged(src, str(tmp_path / "b"))
+
+
+def test_requests_after_dest_stage_get_their_own_replies(tmp_path, sshd_server, ssh_client_env):
+    """dest_stage is not waited for; a request sent after it on the same connection (here the
+    destination entry list a plan may fetch, then the session's close) still gets its own reply,
+    not the stage's, and a second session on the connection works."""
+    from drsync import Options as O
+    from drsync.events import Events
+    from drsync.transports.local import LocalNode
+    from drsync.transports.remote import RemoteNode
+
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    remote = str(tmp_path / "b")
+    assert drsync.push(src, f"drsync-test:{remote}",
+                       drsync.Options(up_to=ds.versions[0], drsync_path=AGENT)).exit_code == 0
+    drs = os.path.relpath(ds.path, src)
+    old, new = ds.versions
+    before = invariants.snapshot(remote)
+    local = LocalNode(src, O())
+    sman = local.source_manifest(drs, save=False)
+    node = RemoteNode(f"drsync-test:{remote}", O(drsync_path=AGENT, retries=0), Events())
+    try:
+        session = node.open_destination(drs)
+        session.stage([(new, sman.entries(new))])
+        assert session.manifest.entries(old) == sman.entries(old)  # its reply, not dest_stage's
+        session.close()
+        again = node.open_destination(drs)  # the connection is still in step
+        assert set(again.manifest.index.versions) == {old}
+        again.close()
+    finally:
+        node.close()
+        local.close()
+    invariants.check(src, remote, before)  # staged, never published: nothing visible changed

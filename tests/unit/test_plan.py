@@ -9,7 +9,7 @@ import pytest
 import treegen
 from unit_util import build, links_of, real_files, refresh, set_latest, write_file
 
-from drsync.plan import Options, diff_dataset
+from drsync.plan import Options, diff_dataset, versions_to_stage
 
 ONE = treegen.Shape(datasets=1)
 
@@ -39,6 +39,7 @@ def test_versions_only_on_source_in_ascending_order(pair):
     sm, dm = manifests(s.path, d.path)
     plan = diff_dataset(sm, dm)
     assert plan.versions_to_add == tuple(s.versions[2:])
+    assert versions_to_stage(sm, dm) == plan.versions_to_add  # what sync stages before the plan
     assert plan.conflicts == ()
     assert plan.extra_versions == ()
     assert plan.new_latest == s.versions[-1]
@@ -161,6 +162,7 @@ def test_conflict_when_a_file_differs(pair):
         fh.write(bytes([b0[0] ^ 0xFF]))
     plan = diff_dataset(*manifests(s.path, d.path))
     assert plan.conflicts == (victim_version,)
+    assert versions_to_stage(*manifests(s.path, d.path)) == ()  # a refused plan stages nothing
     assert plan.versions_to_add == ()
     assert plan.files_to_send == ()
     assert plan.links_to_make == 0
@@ -255,6 +257,7 @@ def test_up_to_stops_at_that_version(tmp_path):
     sm, dm = manifests(s.path, d.path)
     plan = diff_dataset(sm, dm, Options(up_to=s.versions[2]))
     assert plan.versions_to_add == tuple(s.versions[1:3])
+    assert versions_to_stage(sm, dm, Options(up_to=s.versions[2])) == plan.versions_to_add
     assert plan.new_latest == s.versions[2]
     assert {e.real for e in plan.files_to_send} == real_files(s.path, s.versions[1]) | real_files(s.path, s.versions[2])
     assert plan.links_to_make == sum(len(links_of(s.path, v)) for v in s.versions[1:3])
@@ -315,6 +318,7 @@ def test_old_style_latest_directory_on_destination_is_an_error(tmp_path):
     os.makedirs(os.path.join(d.path, "latest"))
     plan = diff_dataset(*manifests(s.path, d.path))
     assert plan.error is not None and plan.error.exit_code == 4
+    assert versions_to_stage(*manifests(s.path, d.path)) == ()  # refused: nothing staged either
     assert not plan.in_sync
 
 
