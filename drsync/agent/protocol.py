@@ -57,13 +57,16 @@ class PeerClosed(ProtocolError):
 
 class Stream:
     """Blocking framed I/O over two byte-stream callables (``read(n)`` returns up to n bytes, b''
-    at EOF; ``write(b)``; ``flush()``)."""
+    at EOF; ``write(b)``, which has taken the bytes when it returns; ``flush()``), and optionally
+    ``readinto(view)`` (returns the count read into ``view``, 0 at EOF) for file data."""
 
-    def __init__(self, read, write, flush=lambda: None):
+    def __init__(self, read, write, flush=lambda: None, readinto=None):
         self._read = read
         self._write = write
         self._flush = flush
+        self._readinto = readinto
         self._buf = bytearray()
+        self._scratch: memoryview | None = None
         self.sent = 0
         self.received = 0
 
@@ -73,10 +76,48 @@ class Stream:
             if not chunk:
                 raise PeerClosed("connection closed by the remote end")
             self._buf += chunk
-        out = bytes(self._buf[:n])
+        with memoryview(self._buf) as view:
+            out = bytes(view[:n])
         del self._buf[:n]
         self.received += n
         return out
+
+    def scratch(self, n: int) -> memoryview:
+        """A reusable buffer of ``n`` <= CHUNK bytes for file data (reading or sending a big file
+        allocates nothing per chunk: fresh memory is slow to touch). Valid until the next call."""
+        if self._scratch is None:
+            from ..directio import aligned_buffer
+
+            self._scratch = aligned_buffer(CHUNK)  # aligned: a big file's chunks are written O_DIRECT
+        return self._scratch[:n]
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` exactly: first with what was read ahead, then straight from the stream
+        (no intermediate copy when the stream has ``readinto``)."""
+        n = len(view)
+        pos = min(len(self._buf), n)
+        if pos:
+            with memoryview(self._buf) as ahead:
+                view[:pos] = ahead[:pos]
+            del self._buf[:pos]
+        while pos < n:
+            if self._readinto is not None:
+                got = self._readinto(view[pos:])
+            else:
+                chunk = self._read(n - pos)
+                got = len(chunk)
+                view[pos:pos + got] = chunk
+            if not got:
+                raise PeerClosed("connection closed by the remote end")
+            pos += got
+        self.received += n
+
+    def read_head(self) -> tuple[bytes, int]:
+        """The next frame's type and length; its payload is read with read_exact or read_into."""
+        kind, length = _HEAD.unpack(self.read_exact(_HEAD.size))
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes is too large")
+        return bytes([kind]), length
 
     def read_line(self, limit: int = 4096) -> bytes:
         while b"\n" not in self._buf:
@@ -99,10 +140,8 @@ class Stream:
         self.sent += len(payload) + _HEAD.size
 
     def read_frame(self) -> tuple[bytes, bytes]:
-        kind, length = _HEAD.unpack(self.read_exact(_HEAD.size))
-        if length > MAX_FRAME:
-            raise ProtocolError(f"frame of {length} bytes is too large")
-        return bytes([kind]), self.read_exact(length)
+        kind, length = self.read_head()
+        return kind, self.read_exact(length)
 
     def send(self, obj: dict) -> None:
         self.send_json(json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode())

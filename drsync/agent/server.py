@@ -12,12 +12,12 @@ import sys
 
 import xxhash
 
-from .. import __version__, layout
+from .. import __version__, directio, layout
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
 from ..fetch import Announced, SourceChanged
-from ..fsutil import fault_point, pwrite_all
+from ..fsutil import fault_point
 from ..plan import Options
 from ..transports.local import LocalNode
 from . import protocol as p
@@ -241,6 +241,9 @@ class Agent:
         return 0
 
 
+BIG_CHUNK = 1 << 16  # file data chunks from this size on go through the stream's reused buffer
+
+
 def send_file(stream: p.Stream, src, e: mf.Entry, offset: int) -> None:
     """Write one file's header and bytes [offset, size) to ``stream`` (pads if it shrank meanwhile,
     so the framing holds; the receiver's digest check then refuses it)."""
@@ -253,9 +256,13 @@ def send_file(stream: p.Stream, src, e: mf.Entry, offset: int) -> None:
         stream.write_frame(b"F", p.json.dumps({"ok": True, "mode": st.st_mode}).encode())
         pos = offset
         while pos < e.size:
-            chunk = os.pread(fd, min(p.CHUNK, e.size - pos), pos)
-            if not chunk:
-                chunk = bytes(min(p.CHUNK, e.size - pos))
+            want = min(p.CHUNK, e.size - pos)
+            if want < BIG_CHUNK:
+                chunk = os.pread(fd, want, pos) or bytes(want)
+            else:
+                buf = stream.scratch(want)
+                got = os.preadv(fd, [buf], pos)
+                chunk = buf[:got] if got else bytes(want)
             stream.write_frame(b"D", chunk)
             pos += len(chunk)
             fault_point("send_chunk")
@@ -274,16 +281,23 @@ def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
     if not head.get("ok"):
         return SourceChanged(str(head.get("reason", "source file changed")))
     h = xxhash.xxh3_128() if offset == 0 else None
+    out = directio.Writer(fd, e.size, offset)
     pos = offset
     while pos < e.size:
-        kind, data = stream.read_frame()
-        if kind != b"D" or pos + len(data) > e.size:
+        kind, length = stream.read_head()
+        if kind != b"D" or pos + length > e.size:
             raise p.ProtocolError("file data does not match the announced size")
-        pwrite_all(fd, data, pos)
+        if length < BIG_CHUNK and not out.direct:
+            data = stream.read_exact(length)
+        else:  # straight into the stream's aligned buffer, then to the file: no copy in between
+            data = stream.scratch(length)
+            stream.read_into(data)
+        out.write(data, pos)
         if h is not None:
             h.update(data)
-        pos += len(data)
+        pos += length
         fault_point("recv_chunk")
+    out.stop()
     mode = head.get("mode")
     mode = mode if isinstance(mode, int) else 0o644
     return mode if h is None else (mode, h.hexdigest())
@@ -295,6 +309,6 @@ def main() -> int:
     # Keep stray prints (none expected) from corrupting the protocol stream.
     sys.stdout = sys.stderr
     guarded = silence.GuardedInput(stdin.fileno())
-    agent = Agent(p.Stream(guarded.read, stdout.write, stdout.flush))
+    agent = Agent(p.Stream(guarded.read, stdout.write, stdout.flush, guarded.readinto))
     guarded.limit = agent.silence_limit
     return agent.serve()

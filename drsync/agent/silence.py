@@ -38,6 +38,14 @@ class GuardedInput:
         self.gone: str | None = None
 
     def read(self, n: int) -> bytes:
+        self._wait()
+        return os.read(self.fd, n)
+
+    def readinto(self, view: memoryview) -> int:
+        self._wait()
+        return os.readv(self.fd, [view])
+
+    def _wait(self) -> None:
         if self.gone:
             raise PeerClosed(self.gone)
         limit = self.limit()
@@ -45,4 +53,3 @@ class GuardedInput:
             self.gone = (f"the client sent nothing for {limit:g} s while this agent held a destination's "
                          "lock: giving the lock up")
             raise PeerClosed(self.gone)
-        return os.read(self.fd, n)

@@ -124,8 +124,14 @@ class Channel:
 
     def write(self, data: bytes) -> None:
         """Buffered: small frames (a file header, a 4 KiB file) go out together, so the cost of a
-        call into the SSH library is paid per WRITE_BUFFER bytes, not per frame."""
+        call into the SSH library is paid per WRITE_BUFFER bytes, not per frame. A chunk of a big
+        file (WRITE_BUFFER or more) goes to the library as it is, not copied twice through the
+        buffer; the library has taken it when this returns (the caller may reuse its buffer)."""
         buf = self.__dict__.setdefault("_wbuf", bytearray())
+        if len(data) >= WRITE_BUFFER:
+            self.flush()
+            self._hand_over(data)
+            return
         buf += data
         if len(buf) >= WRITE_BUFFER:
             self.flush()
@@ -136,6 +142,9 @@ class Channel:
             return
         data = bytes(buf)
         buf.clear()
+        self._hand_over(data)
+
+    def _hand_over(self, data) -> None:
         self.wire_bytes += len(data)
         try:
             self._write(data)
