@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import socket
 
+from .coalesce import coalesce_writes
+
 _OPTION = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -30,10 +32,14 @@ def ack_now(sock) -> None:
 
 def asyncssh_client(base):
     """An ``asyncssh.SSHClient`` subclass (``base``: asyncssh.SSHClient) whose connection acks
-    every read at once; pass it as ``client_factory`` to asyncssh.connect()."""
+    every read at once, and writes what it sends in one loop turn at once (coalesce.py); pass it
+    as ``client_factory`` to asyncssh.connect()."""
 
     class QuickAckClient(base):
         def connection_made(self, conn) -> None:
+            import asyncio
+
+            coalesce_writes(conn, asyncio.get_running_loop())
             sock = conn.get_extra_info("socket")
             if _OPTION is None or sock is None:
                 return
