@@ -16,6 +16,8 @@ import errno
 import fcntl
 import mmap
 import os
+import queue
+import threading
 
 from .fsutil import pwrite_all
 
@@ -26,6 +28,18 @@ MIN_SIZE = 1 << 20  # smaller files stay in the page cache: a direct write waits
 def aligned_buffer(size: int) -> memoryview:
     """A page-aligned, reusable buffer (anonymous memory is mapped at page boundaries)."""
     return memoryview(mmap.mmap(-1, size))
+
+
+_local = threading.local()
+
+
+def thread_buffers(size: int) -> tuple[memoryview, memoryview]:
+    """Two aligned buffers of ``size`` bytes, the calling thread's own, reused from file to file
+    (threads copying at the same time never share one)."""
+    got = getattr(_local, "buffers", None)
+    if got is None or len(got[0]) != size:
+        got = _local.buffers = (aligned_buffer(size), aligned_buffer(size))
+    return got
 
 
 def _set_direct(fd: int, on: bool) -> bool:
@@ -69,3 +83,52 @@ class Writer:
         if self.direct:
             self.direct = False
             _set_direct(self.fd, False)
+
+
+class WriteBehind:
+    """A Writer's chunks written on a helper thread, one at a time, while the caller reads the next
+    one into another buffer: the disk's time and the reading overlap. A context manager; a write's
+    error is raised by the next ``write`` or ``wait``, or on leaving the block."""
+
+    def __init__(self, out: Writer):
+        self.out = out
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = False
+        self._thread = threading.Thread(target=self._run, name="drsync-write-behind", daemon=True)
+
+    def __enter__(self) -> WriteBehind:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        try:
+            if kind is None:
+                self.wait()
+        finally:
+            self._jobs.put(None)
+            self._thread.join()
+
+    def write(self, data: memoryview, pos: int) -> None:
+        """Start writing ``data`` at ``pos`` once the previous chunk is written; ``data`` must stay
+        unchanged until the write after it (or ``wait``) returns."""
+        self.wait()
+        self._jobs.put((data, pos))
+        self._pending = True
+
+    def wait(self) -> None:
+        """Until the chunk in flight is written."""
+        if self._pending:
+            self._pending = False
+            error = self._done.get()
+            if error is not None:
+                raise error
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self.out.write(*job)
+            except BaseException as e:  # handed to the caller's thread
+                self._done.put(e)
+            else:
+                self._done.put(None)
