@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
-import queue
 import threading
 
 from .fsutil import pwrite_all
@@ -27,6 +25,8 @@ MIN_SIZE = 1 << 20  # smaller files stay in the page cache: a direct write waits
 
 def aligned_buffer(size: int) -> memoryview:
     """A page-aligned, reusable buffer (anonymous memory is mapped at page boundaries)."""
+    import mmap  # here, not at the top: the agent imports this module at start-up
+
     return memoryview(mmap.mmap(-1, size))
 
 
@@ -91,9 +91,11 @@ class WriteBehind:
     error is raised by the next ``write`` or ``wait``, or on leaving the block."""
 
     def __init__(self, out: Writer):
+        from queue import SimpleQueue  # only a local copy of a big file needs it
+
         self.out = out
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: SimpleQueue = SimpleQueue()
+        self._done: SimpleQueue = SimpleQueue()
         self._pending = False
         self._thread = threading.Thread(target=self._run, name="drsync-write-behind", daemon=True)
 

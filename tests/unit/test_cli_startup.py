@@ -119,6 +119,7 @@ def test_the_agent_does_not_load_the_argument_grammar():
     assert "drsync.agent.server" in imported
     assert "drsync.cli_args" not in imported
     assert "dataclasses" not in imported  # nor dataclasses (inspect, ast, dis): tests/unit/test_records.py
+    assert "queue" not in imported and "mmap" not in imported  # directio's, loaded when a big file comes
 
 
 NO_TLS = r"""
