@@ -63,9 +63,9 @@ class Writer:
         self.fd = fd
         self.direct = size >= MIN_SIZE and offset % ALIGN == 0 and _set_direct(fd, True)
 
-    def write(self, data: memoryview, pos: int, *, aligned: bool = True) -> None:
+    def write(self, data: memoryview, pos: int) -> None:
         if self.direct:
-            n = len(data) - len(data) % ALIGN if aligned and pos % ALIGN == 0 else 0
+            n = len(data) - len(data) % ALIGN if pos % ALIGN == 0 else 0
             if n:
                 try:
                     pwrite_all(self.fd, data[:n], pos)
