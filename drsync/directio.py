@@ -79,7 +79,8 @@ class Writer:
             pwrite_all(self.fd, data, pos)
 
     def stop(self) -> None:
-        """Back to writes through the page cache (the descriptor may be used further)."""
+        """Back to writes through the page cache, for this write and the ones after it. (A file's
+        last write needs no stop: the receiver only sets its mode and times, then closes it.)"""
         if self.direct:
             self.direct = False
             _set_direct(self.fd, False)

@@ -297,7 +297,6 @@ def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
             h.update(data)
         pos += length
         fault_point("recv_chunk")
-    out.stop()
     mode = head.get("mode")
     mode = mode if isinstance(mode, int) else 0o644
     return mode if h is None else (mode, h.hexdigest())

@@ -123,7 +123,6 @@ class LocalSource:
                 if i == 1:
                     behind.wait()
                     fault_point("partial_write")
-        out.stop()
         return h.hexdigest()
 
     def fetch_batch(self, items: list[tuple[Entry, int, int]]) -> list:

@@ -21,20 +21,11 @@ SIZE = (5 << 20) + 123  # 5 MiB of aligned chunks, then a tail that must go thro
 SHAPE = treegen.Shape(datasets=1, variables=1, files=2, versions=1, added=0, removed=0, size=SIZE)
 
 
-def _fs_type(path: str) -> str:
-    best, kind = "", ""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _, mnt, fstype = line.split()[:3]
-            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, kind = mnt, fstype
-    return kind
-
-
 @pytest.fixture
 def disk_tmp(tmp_path):
     """A scratch directory on a disk filesystem: on tmpfs every page is a page-cache page."""
-    if _fs_type(str(tmp_path.resolve())) != "tmpfs":
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], check=True, capture_output=True, text=True).stdout
+    if kind.strip() != "tmpfs":
         yield tmp_path
         return
     d = tempfile.mkdtemp(prefix="drsync-direct-", dir=os.getcwd())
