@@ -1,7 +1,7 @@
 """The receiver side of DESIGN §4, as named steps, plus recovery from a crashed run.
 
 Order, per dataset (each step is a ``fault_point`` the crash tests kill at):
-1. ``receive_files`` (receive_files.py): each file into ``<state>/partial/`` (resumed if a partial is there), digest
+1. ``receive_files`` (receive_files.py): each file into ``<state>/partial/<dir>/`` (resumed if a partial is there), digest
    checked; one flush for the batch; renames into ``files/<dir>/``; the directories fsynced.
 2. ``publish_version``: ``v<ver>`` built under ``<state>/staging/``, renamed into place with
    RENAME_NOREPLACE: it appears whole or not at all, and never replaces anything.

@@ -7,7 +7,8 @@ Layout of a state directory::
     manifest/o<version>.json   the entries of that list whose real file is in the version's own
                                files/ directories, as lines of mf.owned_key text (derived; rebuilt
                                from v<version>.json if bad)
-    partial/                   files being received (resumed after a crash)
+    partial/<dir>/<file>       files being received (resumed after a crash), moved into
+                               files/<dir>/ once flushed: a new <dir> with one rename
     staging/                   version directories being built
     lock                       flock()ed by the run writing this dataset
 """

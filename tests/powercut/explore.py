@@ -137,8 +137,17 @@ def make_workload(work: str, name: str, shape: treegen.Shape, published: int, *,
     if stray:
         raise AssertionError(f"the push wrote outside the destination and the source's .drsync: {stray[:5]}")
     return Workload(name, src, dst, base, snap, ops, rec.outside_writes, took,
-                    new_files=sum(1 for o in ops if o.kind == "rename" and o.phase == PHASES[3]),
+                    new_files=_files_moved(ops),
                     new_links=sum(1 for o in ops if o.kind == "symlink" and o.phase == PHASES[4]))
+
+
+def _files_moved(ops) -> int:
+    """Files moved into files/: one per file renamed there, and the partials created in each
+    partial directory renamed there whole."""
+    into = [o for o in ops if o.kind == "rename" and o.phase == PHASES[3]]
+    dirs = {o.ino for o in into}
+    made_in = [o.parent for o in ops if o.kind == "creat" and o.parent in dirs]
+    return len(made_in) + sum(1 for o in into if not any(p == o.ino for p in made_in))
 
 
 def _push(src: str, dst: str, env: dict, expect: int) -> None:

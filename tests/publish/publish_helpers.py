@@ -149,12 +149,20 @@ def state_dirs(node: str, sub: str) -> list[str]:
 
 
 def partial_files(dst: str) -> dict[str, int]:
-    """``path -> size`` of everything in any dataset's .drsync/partial/."""
+    """``path -> size`` of every file (or link) in any dataset's .drsync/partial/, at any depth
+    (partials live in ``partial/<files dir>/``)."""
     out = {}
     for pdir in state_dirs(dst, "partial"):
-        for n in os.listdir(pdir):
-            out[os.path.join(pdir, n)] = os.lstat(os.path.join(pdir, n)).st_size
+        for dirpath, dirnames, names in os.walk(pdir):
+            for n in names + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                out[os.path.join(dirpath, n)] = os.lstat(os.path.join(dirpath, n)).st_size
     return out
+
+
+def partial_dirs(dst: str) -> list[str]:
+    """The directories left in any dataset's .drsync/partial/ (none once a run has converged)."""
+    return sorted(os.path.join(dirpath, d) for pdir in state_dirs(dst, "partial")
+                  for dirpath, dirnames, _ in os.walk(pdir) for d in dirnames)
 
 
 def clone_pair(template: tuple[str, str], root: str) -> tuple[str, str]:
@@ -168,9 +176,10 @@ def clone_pair(template: tuple[str, str], root: str) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def half_sent(src: str, dst: str, shape):
+def half_sent(src: str, dst: str, shape, *, flat: bool = False):
     """A node of ``shape`` at ``src`` with its first version pushed to ``dst``, then what a run killed
-    while sending the next leaves: the first half of one file to send, under its partial name.
+    while sending the next leaves: the first half of one file to send, as ``partial/<dir>/<file>``
+    (with ``flat``: under the flat name an earlier drsync gave it, Receiver.partial_name).
     Returns (dataset, files to send, that file, the bytes left in its partial)."""
     import drsync
     from drsync import publish
@@ -181,9 +190,10 @@ def half_sent(src: str, dst: str, shape):
     to_send = drsync.diff(src, dst).plan.datasets[0].files_to_send
     resumed = to_send[0]
     partial = os.path.join(dst, rel, ".drsync", "partial")
-    os.makedirs(partial, exist_ok=True)
+    os.makedirs(partial if flat else os.path.join(partial, resumed.dir), exist_ok=True)
     with open(os.path.join(src, rel, "files", resumed.dir, resumed.file), "rb") as fh:
         head = fh.read(resumed.size // 2)
-    with open(os.path.join(partial, publish.Receiver.partial_name(resumed)), "wb") as fh:
+    where = publish.Receiver.partial_name(resumed) if flat else os.path.join(resumed.dir, resumed.file)
+    with open(os.path.join(partial, where), "wb") as fh:
         fh.write(head)
     return ds, to_send, resumed, head

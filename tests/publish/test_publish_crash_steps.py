@@ -23,6 +23,7 @@ from publish_helpers import (
     diff,
     make_canary,
     make_pair,
+    partial_dirs,
     partial_files,
     push,
     real_files,
@@ -95,6 +96,7 @@ def test_kill_at_step_then_resume(fast_tmp, template, step, which):
     assert_not_rewritten(after_crash, dst)
     assert source_files(src) == set(real_files(dst))
     assert partial_files(dst) == {}, "leftover bytes in .drsync/partial after convergence"
+    assert partial_dirs(dst) == [], "leftover directories in .drsync/partial after convergence"
     assert invariants.tree_state(outside) == canary
 
 

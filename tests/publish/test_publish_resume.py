@@ -26,7 +26,7 @@ def test_big_file_partial_is_resumed(fast_tmp):
     assert len(parts) == 1, parts
     (part_path, part_size), = parts.items()
     assert 0 < part_size < BIG, part_size
-    assert os.path.basename(os.path.dirname(part_path)) == "partial"
+    assert os.path.basename(os.path.dirname(os.path.dirname(part_path))) == "partial"  # partial/<dir>/<file>
 
     rerun = report(push(src, dst))
     sent = rerun["transferred"]

@@ -21,7 +21,6 @@ from safety_helpers import (
     assert_failed,
     assert_ok,
     assert_replicated,
-    digest_of,
     new_env,
     push,
     run_drsync,
@@ -147,21 +146,27 @@ def test_state_dir_world_writable(env, which):
 # --- B4: a planted partial file --------------------------------------------------------------------
 
 
-def test_partial_symlink_to_victim_is_removed(env):
+@pytest.mark.parametrize("where", ["file", "dir"])
+def test_partial_symlink_to_victim_is_removed(env, where):
+    """Links planted where partials go: at ``partial/<dir>/<file>`` (to a victim file), or at
+    ``partial/<dir>`` itself (to a victim directory). Removed, never written through."""
     src_ds = env.sds(DS0)
     victim = os.path.join(env.outside, "victim")
+    victim_dir = os.path.join(env.outside, "victim-dir")
+    os.makedirs(victim_dir, exist_ok=True)
     partial = os.path.join(env.dds(DS0), ".drsync", "partial")
     os.makedirs(partial, exist_ok=True)
     planted = []
     for var in ("var_0", "var_1"):
-        d = os.path.join(src_ds, "files", f"{var}_{V4}")
-        for f in sorted(os.listdir(d)):
-            p = os.path.join(d, f)
-            st = os.stat(p)
-            e = mf.Entry(var, f, f"{var}_{V4}", st.st_size, st.st_mtime_ns, digest_of(p))
-            name = Receiver.partial_name(e)
-            os.symlink(victim, os.path.join(partial, name))
-            planted.append(name)
+        dirname = f"{var}_{V4}"
+        if where == "dir":
+            os.symlink(victim_dir, os.path.join(partial, dirname))
+            planted.append(os.path.join(partial, dirname))
+            continue
+        os.makedirs(os.path.join(partial, dirname))
+        for f in sorted(os.listdir(os.path.join(src_ds, "files", dirname))):
+            os.symlink(victim, os.path.join(partial, dirname, f))
+            planted.append(os.path.join(partial, dirname, f))
     assert planted
     canary = tree_state(env.outside)
 
@@ -169,7 +174,7 @@ def test_partial_symlink_to_victim_is_removed(env):
 
     assert_ok(cp)
     assert tree_state(env.outside) == canary, "the victim was written through a planted partial link"
-    assert not any(os.path.islink(os.path.join(partial, n)) for n in os.listdir(partial))
+    assert not any(os.path.islink(p) for p in planted)
     assert_replicated(env, DS0)
     assert_replicated(env, DS1)
 
