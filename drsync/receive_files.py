@@ -83,6 +83,8 @@ class PartialDirs:
         return got
 
     def discard(self, e: mf.Entry) -> None:
+        if e.dir not in self.dirs and e.dir not in self.top():
+            return  # no directory, so no partial (and none made just to look)
         d = self.get(e.dir)
         if d.try_lstat(e.file) is not None:
             d.unlink(e.file)
@@ -142,7 +144,10 @@ class FilesStep:
         """Fill, verify (one retry from scratch for a bad file), flush once, move into files/."""
         pdirs = PartialDirs(self.state.sub("partial"))
         try:
-            self._adopt_flat_partials(pdirs, batch)
+            try:
+                self._adopt_flat_partials(pdirs, batch)
+            except OSError as err:
+                raise _dest_error(err, self.drs, pdirs.partial.path) from err
             bad = self._fill_chunks(pdirs, batch, fetch, link, got, fresh=False)
             if bad:
                 still_bad = self._fill_chunks(pdirs, [e for e, _ in bad], fetch, link, got, fresh=True)
@@ -188,14 +193,16 @@ class FilesStep:
         empty, instead of an lstat per file)."""
         out = []
         for e in batch:
-            d = pdirs.get(e.dir)
-            st = d.try_lstat(e.file) if e.file in pdirs.present(e.dir) else None
-            # an empty partial (a kill between create and first write) is removed too: the
-            # caller creates offset-0 files with O_EXCL, which would fail on it (EEXIST)
-            if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size
-                                   or st.st_size == 0):
-                d.unlink(e.file)
-                st = None
+            st = None
+            if e.file in pdirs.present(e.dir):  # no directory is made here: that waits for the ask
+                d = pdirs.get(e.dir)
+                st = d.try_lstat(e.file)
+                # an empty partial (a kill between create and first write) is removed too: the
+                # caller creates offset-0 files with O_EXCL, which would fail on it (EEXIST)
+                if st is not None and (fresh or not stat.S_ISREG(st.st_mode) or st.st_size > e.size
+                                       or st.st_size == 0):
+                    d.unlink(e.file)
+                    st = None
             out.append(st.st_size if st is not None else 0)
         return out
 
@@ -219,8 +226,8 @@ class FilesStep:
         if link is not None:
             todo = []
             for e in batch:
-                pdirs.discard(e)
                 try:
+                    pdirs.discard(e)
                     link(e, pdirs.get(e.dir), e.file)
                 except SourceChanged as why:
                     bad.append((e, str(why)))
@@ -229,7 +236,10 @@ class FilesStep:
                         raise _dest_error(err, self.drs, f"{layout.FILES}/{e.dir}/{e.file}") from err
                     self.events.warning("--link: cannot hard-link across filesystems here; copying instead")
                     todo.append(e)
-        offsets = self.offsets(pdirs, todo, fresh=fresh)
+        try:
+            offsets = self.offsets(pdirs, todo, fresh=fresh)  # makes partial/<dir>: no inode left?
+        except OSError as err:
+            raise _dest_error(err, self.drs, pdirs.partial.path) from err
         announce = getattr(fetch, "announce", None)
         if announce is not None and todo:
             announce(list(zip(todo, offsets)))  # a remote source sends while the files are created
