@@ -314,52 +314,57 @@ class FilesStep:
         by_dir: dict[str, list[mf.Entry]] = {}
         for e in ready:
             by_dir.setdefault(e.dir, []).append(e)
-        touched: dict[str, Dir] = {}  # files/<dir> opened to rename files into
+        touched: list[Dir] = []  # files/<dir> opened to rename files into
         moved: list[Dir] = []  # partial directories renamed into files/ whole
         try:
             for dirname, group in by_dir.items():
                 pd = pdirs.get(dirname)
                 try:
-                    if self._move_whole(pdirs, pd, files, dirname, group):
-                        moved.append(pd)
-                        for e in group:
-                            self._done(e, got)
-                        continue
-                    d = touched.get(dirname) or touched.setdefault(dirname, files.ensure_dir(dirname))
+                    whole = self._move_whole(pdirs, pd, files, dirname, group)
+                    if not whole:
+                        touched.append(files.ensure_dir(dirname))
                 except OSError as err:
                     raise _dest_error(err, self.drs, f"{layout.FILES}/{dirname}") from err
+                if whole:
+                    moved.append(pd)
                 for e in group:
-                    where = f"{layout.FILES}/{e.dir}/{e.file}"
-                    try:
-                        try:
-                            pd.rename(e.file, d, e.file)
-                        except FileExistsError:
-                            # Already there (an interrupted run): keep it if it is the same bytes.
-                            fd = d.open_read(e.file)
-                            try:
-                                same = hash_fd(fd) == self.learned.get(e.real, e.digest)
-                            finally:
-                                os.close(fd)
-                            if not same:
-                                raise ConflictError("a different file is already published here", dataset=self.drs,
-                                                    path=where) from None
-                            pd.unlink(e.file)
-                    except OSError as err:
-                        raise _dest_error(err, self.drs, where) from err
+                    if not whole:
+                        self._rename_file(pd, touched[-1], e)
                     self._done(e, got)
-                try:
-                    os.rmdir(dirname, dir_fd=pdirs.partial.fd)  # emptied (partials of other batches stay)
-                except OSError:
-                    pass
+                if not whole:
+                    try:
+                        os.rmdir(dirname, dir_fd=pdirs.partial.fd)  # emptied (partials of other batches stay)
+                    except OSError:
+                        pass
             if self.durable:
-                for d in [*touched.values(), *moved]:
+                for d in touched + moved:
                     d.fsync()
                 files.fsync()
                 self.ds.fsync()
         finally:
-            for d in touched.values():
+            for d in touched:
                 d.close()
             files.close()
+
+    def _rename_file(self, pd: Dir, d: Dir, e: mf.Entry) -> None:
+        """One verified partial into ``files/<dir>/``. One already there (an interrupted run) is
+        kept if it holds the same bytes, else it is a conflict."""
+        where = f"{layout.FILES}/{e.dir}/{e.file}"
+        try:
+            try:
+                pd.rename(e.file, d, e.file)
+            except FileExistsError:
+                fd = d.open_read(e.file)
+                try:
+                    same = hash_fd(fd) == self.learned.get(e.real, e.digest)
+                finally:
+                    os.close(fd)
+                if not same:
+                    raise ConflictError("a different file is already published here", dataset=self.drs,
+                                        path=where) from None
+                pd.unlink(e.file)
+        except OSError as err:
+            raise _dest_error(err, self.drs, where) from err
 
     @staticmethod
     def _move_whole(pdirs: PartialDirs, pd: Dir, files: Dir, dirname: str, group: list[mf.Entry]) -> bool:

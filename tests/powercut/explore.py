@@ -147,7 +147,8 @@ def _files_moved(ops) -> int:
     into = [o for o in ops if o.kind == "rename" and o.phase == PHASES[3]]
     dirs = {o.ino for o in into}
     made_in = [o.parent for o in ops if o.kind == "creat" and o.parent in dirs]
-    return len(made_in) + sum(1 for o in into if not any(p == o.ino for p in made_in))
+    filled = set(made_in)
+    return len(made_in) + sum(1 for o in into if o.ino not in filled)
 
 
 def _push(src: str, dst: str, env: dict, expect: int) -> None:

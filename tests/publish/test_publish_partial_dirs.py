@@ -74,6 +74,33 @@ def test_a_files_dir_already_there_is_filled_file_by_file(tmp_path, monkeypatch)
     assert partial_files(dst) == {} and partial_dirs(dst) == [], "an emptied partial directory was left"
 
 
+def test_a_files_dir_that_appears_before_the_move_is_never_replaced(tmp_path, monkeypatch):
+    """The check that files/<dir> is absent and the rename are two steps: a directory appearing
+    between them (here: the check is made to miss it) must make the rename fail (RENAME_NOREPLACE),
+    not replace it, and the files then go in one by one next to what was there."""
+    src, dst, [ds] = make_pair(str(tmp_path), SHAPE, published=1)
+    new = ds.versions[-1]
+    rel = os.path.relpath(ds.path, src)
+    there = os.path.join(dst, rel, "files", f"var_0_{new}")
+    os.makedirs(there)
+    first = min(os.listdir(os.path.join(src, rel, "files", f"var_0_{new}")))
+    os.link(os.path.join(src, rel, "files", f"var_0_{new}", first), os.path.join(there, first))
+    kept = os.stat(os.path.join(there, first)).st_ino
+    real = fsutil.Dir.try_lstat
+
+    def try_lstat(self, name):
+        if name == f"var_0_{new}" and os.path.basename(self.path) == "files":
+            return None  # as if it appeared only after this look
+        return real(self, name)
+
+    monkeypatch.setattr(fsutil.Dir, "try_lstat", try_lstat)
+    r = drsync.push(src, dst)
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    assert os.stat(os.path.join(there, first)).st_ino == kept, "the directory already there was replaced"
+    invariants.check_converged(src, dst)
+    assert partial_files(dst) == {} and partial_dirs(dst) == []
+
+
 def test_a_stray_file_in_a_partial_dir_is_not_published(tmp_path):
     """partial/<dir>/ holding a file the plan does not send (left by a run with another source):
     the directory is not moved whole, so the stray never reaches files/."""
