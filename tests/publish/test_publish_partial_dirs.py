@@ -34,6 +34,21 @@ def _into_files(log) -> list[tuple[str, str]]:
     return [(a, b) for a, b in log if f"{os.sep}partial{os.sep}" in a and f"{os.sep}files{os.sep}" in b]
 
 
+def _one_file_already_there(tmp_path):
+    """A destination with the first version, and one file of the new version already in
+    files/var_0_<new>/ (what a run killed after renaming it leaves). Returns (src, dst, new version,
+    that directory, the file's name, its inode)."""
+    src, dst, [ds] = make_pair(str(tmp_path), SHAPE, published=1)
+    new = ds.versions[-1]
+    rel = os.path.relpath(ds.path, src)
+    there = os.path.join(dst, rel, "files", f"var_0_{new}")
+    os.makedirs(there)
+    first = min(os.listdir(os.path.join(src, rel, "files", f"var_0_{new}")))
+    os.link(os.path.join(src, rel, "files", f"var_0_{new}", first), os.path.join(there, first))
+    kept = os.stat(os.path.join(there, first)).st_ino
+    return src, dst, new, there, first, kept
+
+
 def test_a_new_versions_files_dirs_are_moved_whole(tmp_path, monkeypatch):
     src, dst, [ds] = make_pair(str(tmp_path), SHAPE, published=1)
     new = ds.versions[-1]
@@ -53,14 +68,7 @@ def test_a_files_dir_already_there_is_filled_file_by_file(tmp_path, monkeypatch)
     """An interrupted run left one file of the new version in files/<dir>/ (renamed before the
     kill): that directory is not replaced, its missing files are renamed into it one by one, and
     the other directories still move whole."""
-    src, dst, [ds] = make_pair(str(tmp_path), SHAPE, published=1)
-    new = ds.versions[-1]
-    rel = os.path.relpath(ds.path, src)
-    there = os.path.join(dst, rel, "files", f"var_0_{new}")
-    os.makedirs(there)
-    first = min(os.listdir(os.path.join(src, rel, "files", f"var_0_{new}")))
-    os.link(os.path.join(src, rel, "files", f"var_0_{new}", first), os.path.join(there, first))
-    kept = os.stat(os.path.join(there, first)).st_ino
+    src, dst, new, there, first, kept = _one_file_already_there(tmp_path)
     log = _log_renames(monkeypatch)
     r = drsync.push(src, dst)
     assert r.exit_code == 0, [e.line() for e in r.errors]
@@ -78,14 +86,7 @@ def test_a_files_dir_that_appears_before_the_move_is_never_replaced(tmp_path, mo
     """The check that files/<dir> is absent and the rename are two steps: a directory appearing
     between them (here: the check is made to miss it) must make the rename fail (RENAME_NOREPLACE),
     not replace it, and the files then go in one by one next to what was there."""
-    src, dst, [ds] = make_pair(str(tmp_path), SHAPE, published=1)
-    new = ds.versions[-1]
-    rel = os.path.relpath(ds.path, src)
-    there = os.path.join(dst, rel, "files", f"var_0_{new}")
-    os.makedirs(there)
-    first = min(os.listdir(os.path.join(src, rel, "files", f"var_0_{new}")))
-    os.link(os.path.join(src, rel, "files", f"var_0_{new}", first), os.path.join(there, first))
-    kept = os.stat(os.path.join(there, first)).st_ino
+    src, dst, new, there, first, kept = _one_file_already_there(tmp_path)
     real = fsutil.Dir.try_lstat
 
     def try_lstat(self, name):
