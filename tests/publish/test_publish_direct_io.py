@@ -90,7 +90,9 @@ def test_unaligned_memory_falls_back_mid_file(disk_tmp):
         first[:] = data[:directio.ALIGN]
         out.write(first, 0)
         assert out.direct
-        out.write(memoryview(data[directio.ALIGN:]), directio.ALIGN)  # a bytes object: never page-aligned
+        odd = directio.aligned_buffer(3 * directio.ALIGN)[1:1 + 2 * directio.ALIGN]  # one byte off: no
+        odd[:] = data[directio.ALIGN:]  # filesystem takes it directly (a bytes object could be aligned by chance)
+        out.write(odd, directio.ALIGN)
         assert not out.direct
     finally:
         os.close(fd)
