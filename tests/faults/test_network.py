@@ -180,7 +180,7 @@ def test_blackholed_link_ends_with_exit_5_in_bounded_time(backend, net, ssh_clie
     assert net.connections == 2 and all(link.fate == "blackholed" for link in net.links), net.links
     # per attempt: the stall noticed within --timeout of the last byte, plus (the retry) the old
     # agent giving the lock up after 2 x --timeout of silence; backoff 1-2 s; connecting, starting
-    assert 2 * timeout <= took < 4 * timeout + 2 + 10, f"{took:.1f} s"
+    assert 2 * timeout <= took < 4 * timeout + 2 + 20, f"{took:.1f} s"  # (+20: a loaded 2-core CI machine)
     check(src, remote, before)
 
 
@@ -199,7 +199,7 @@ def test_stalled_link_that_comes_back_is_resumed(command, backend, net, tmp_path
     assert r.attempts == 2 and net.links[0].fate == "blackholed", net.links
     assert len(events.warnings) == 1 and "stalled" in events.warnings[0], events.warnings
     # a push's retry waits for the stalled connection's agent to give the lock up (2 x --timeout)
-    assert took < 3 * 3 + 10, f"{took:.1f} s"
+    assert took < 3 * 3 + 20, f"{took:.1f} s"  # expected ~8-10 s; the slack is for a loaded CI machine
     assert r.transferred.bytes < 2 * size - 8 * MiB, r.transferred  # resumed, not restarted
     check_converged(src, dst)
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import mirror_util as mu
@@ -64,8 +65,17 @@ def test_second_run_waits_for_the_first(tmp_path):
     jobs = _setup(tmp_path)
     holder = _hold(tmp_path / "b")
     waiting = mu.popen_cli(jobs, "-v")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(waiting.stderr), daemon=True)
+    reader.start()
     try:
-        # It waits as long as the lock is held: nothing written, still running.
+        # First it says it waits (however long its start-up takes on a loaded machine) ...
+        deadline = time.monotonic() + 60
+        while not any("waiting for the mirror lock" in line for line in lines):
+            assert waiting.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        # ... then it waits as long as the lock is held: nothing written, still running.
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             assert waiting.poll() is None
@@ -74,7 +84,9 @@ def test_second_run_waits_for_the_first(tmp_path):
     finally:
         holder.stdin.close()  # the holder ends and its lock goes with it
         holder.wait()
-    _, err = waiting.communicate(timeout=60)
+    waiting.wait(timeout=60)
+    reader.join(timeout=60)
+    err = "".join(lines)
     assert waiting.returncode == 0, err
     assert "waiting for the mirror lock" in err and f"pid {holder.pid}" in err
     assert mu.datasets_under(tmp_path / "b") == mu.datasets_under(tmp_path / "a") != set()

@@ -62,5 +62,8 @@ def test_big_file_leaves_in_window_sized_writes(tmp_path, sshd_server, ssh_clien
     assert r.exit_code == 0, [e.line() for e in r.errors]
     invariants.check_converged(src, remote)
     assert sum(writes) > 16 << 20
-    # without coalescing: an empty MSG_IGNORE packet, then 32 KiB of data, each its own write (~16 KiB each)
-    assert sum(writes) / len(writes) > 128 << 10, (len(writes), sum(writes))
+    # without coalescing: an empty MSG_IGNORE packet, then 32 KiB of data, each its own write (~16 KiB
+    # each on average). With it, a write per window adjust of sshd's (~100-130 KiB, more when the agent
+    # catches up); a slow destination disk keeps every write near one adjust, so the bound is 3x the
+    # uncoalesced average, not the adjust's size.
+    assert sum(writes) / len(writes) > 48 << 10, (len(writes), sum(writes))
