@@ -13,7 +13,7 @@ import os
 
 import xxhash
 
-from .. import directio, layout
+from .. import directio, layout, leftovers
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
@@ -204,6 +204,7 @@ class LocalDestination:
             self._lock.release()
         self.state.dir.close()
         self.ds.close()
+        leftovers.hand_over("destination", self.manifest)
 
 
 class LocalNode:
@@ -284,9 +285,10 @@ class LocalNode:
         src = self._sources.pop(drs, None)
         if src is not None:
             src.close()
-        ds, _ = self._open.pop(drs, (None, None))
+        ds, man = self._open.pop(drs, (None, None))
         if ds is not None:
             ds.close()
+        leftovers.hand_over("source", man)  # the last dataset's is left to the executable's exit
 
     # --- destination half -------------------------------------------------------------------
     def peek_destination(self, drs: str) -> DatasetManifest | None:
