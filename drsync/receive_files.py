@@ -320,22 +320,22 @@ class FilesStep:
             for dirname, group in by_dir.items():
                 pd = pdirs.get(dirname)
                 try:
-                    whole = self._move_whole(pdirs, pd, files, dirname, group)
-                    if not whole:
-                        touched.append(files.ensure_dir(dirname))
+                    d = None if self._move_whole(pdirs, pd, files, dirname, group) else files.ensure_dir(dirname)
                 except OSError as err:
                     raise _dest_error(err, self.drs, f"{layout.FILES}/{dirname}") from err
-                if whole:
+                if d is None:  # moved whole
                     moved.append(pd)
+                    for e in group:
+                        self._done(e, got)
+                    continue
+                touched.append(d)
                 for e in group:
-                    if not whole:
-                        self._rename_file(pd, touched[-1], e)
+                    self._rename_file(pd, d, e)
                     self._done(e, got)
-                if not whole:
-                    try:
-                        os.rmdir(dirname, dir_fd=pdirs.partial.fd)  # emptied (partials of other batches stay)
-                    except OSError:
-                        pass
+                try:
+                    os.rmdir(dirname, dir_fd=pdirs.partial.fd)  # emptied (partials of other batches stay)
+                except OSError:
+                    pass
             if self.durable:
                 for d in touched + moved:
                     d.fsync()
@@ -370,7 +370,7 @@ class FilesStep:
     def _move_whole(pdirs: PartialDirs, pd: Dir, files: Dir, dirname: str, group: list[mf.Entry]) -> bool:
         """Rename ``partial/<dirname>`` to ``files/<dirname>`` when that is new and the partial
         directory holds exactly ``group``; False when the files must go one by one."""
-        if files.try_lstat(dirname) is not None or sorted(pd.listdir()) != sorted(e.file for e in group):
+        if files.try_lstat(dirname) is not None or set(pd.listdir()) != {e.file for e in group}:
             return False
         try:
             pdirs.partial.rename(dirname, files, dirname)  # RENAME_NOREPLACE
