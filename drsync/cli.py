@@ -370,7 +370,9 @@ def run() -> None:
 
     # SIGTERM stops like SIGINT: at the next Python instruction, with the lock released.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    from . import leftovers
+    from . import fdtable, leftovers
+
+    fdtable.reserve()  # before any thread starts: then growing the table waits for nothing
 
     leftovers.keeping = True  # what is still referenced at leave() is never freed one by one
     leave(main(freeze=True))

@@ -10,7 +10,7 @@ import fnmatch
 import sys
 import time
 
-from . import layout
+from . import fdtable, layout
 from . import manifest as mf
 from .connecting import Connecting
 from .errors import ConflictError, DrsyncError, UsageError
@@ -106,6 +106,7 @@ def pull(source: str, destination: str, options: Options = Options(), events: Ev
 
 def _run(command: str, source: str, destination: str, options: Options, events: Events | None) -> RunResult:
     events = events or Events()
+    fdtable.reserve()  # a batch of partial files open at once (the executable did this already)
     if is_remote(source) and is_remote(destination):
         raise UsageError("both nodes are remote; one side of a push or pull must be local")
     if options.retries < 0:
