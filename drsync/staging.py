@@ -1,6 +1,6 @@
 """Building versions' link trees in ``<state>/staging`` (step 2 of DESIGN §4, before the flush
-and the rename that publish them): one task per variable directory, taken by a background
-thread while the files arrive and by the thread that then waits for it.
+and the rename that publish them): tasks of up to LINK_TASK links, taken by a background thread
+while the files arrive and by the thread that then waits for it.
 
 A link the destination's previous published version already has, with the same target, is made
 as a hard link to that symlink (like rsync's ``--link-dest``, which hard-links symlinks too): it
@@ -21,7 +21,7 @@ from .fsutil import Dir, fault_point
 
 class Staging:
     """Builds versions' link trees in ``<state>/staging``: ``v<version>/<name>/<file>`` ->
-    ``../../files/<name>_<v>/<file>``, one variable directory per task. A background thread takes
+    ``../../files/<name>_<v>/<file>``, up to LINK_TASK links per task. A background thread takes
     tasks while the files arrive; whoever then waits (publish_version) takes tasks too, so the
     links are made by one thread beside the copy and by two once the copy is done. An error, or a
     cancel, stops both at the next task; the kernel's symlink calls release the GIL."""
@@ -113,16 +113,24 @@ def _share_or_symlink(prev: Dir | None, nd: Dir, target: str, file: str) -> bool
     return False
 
 
+# Links per task. Whoever waits for the staging (publish_version) takes tasks too, so the last task
+# is the only work the two threads cannot share: with a whole variable directory per task (580
+# links on SMALL, 10-20 ms) the waiting thread sat idle for up to that long (docs/performance.md).
+LINK_TASK = 256
+
+
 def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str, dirs: list[Dir],
                published: Dir | None = None):
     """For each version: its directory made afresh in staging (a crashed run's leftover removed),
-    then one task per variable directory making its links. With ``published`` (the destination
-    dataset), links equal to those of the newest published version below are shared with it."""
+    then its links in tasks of up to LINK_TASK, taking the variable directories in turn (two
+    threads then rarely add to one directory at once, which the kernel serialises). With
+    ``published`` (the destination dataset), links equal to those of the newest published version
+    below are shared with it."""
 
-    def make_links(vdir: Dir, name: str, group: list[mf.Entry], linked: dict[str, str], prev_v: Dir | None) -> None:
+    def make_links(vdir: Dir, name: str, part: list[mf.Entry], linked: dict[str, str], prev_v: Dir | None) -> None:
         # each files dir's part of the target made once: the loop holds the GIL that the copy
         # running beside it needs, so it does little more than the link calls
-        prefix = {d: layout.canonical_target(name, linked[d], "") for d in {e.dir for e in group}}
+        prefix = {d: layout.canonical_target(name, linked[d], "") for d in {e.dir for e in part}}
         prev = None
         if prev_v is not None:
             try:
@@ -132,10 +140,10 @@ def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: st
         try:
             with vdir.ensure_dir(name) as nd:
                 if prev is None:
-                    for e in group:
+                    for e in part:
                         nd.symlink(prefix[e.dir] + e.file, e.file)
                 else:
-                    for e in group:
+                    for e in part:
                         _share_or_symlink(prev, nd, prefix[e.dir] + e.file, e.file)
         finally:
             if prev is not None:
@@ -154,6 +162,8 @@ def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: st
         vdir = staging.ensure_dir(vname)
         dirs.append(vdir)
         prev_v = _open_previous(published, version, dirs)
-        for name, group in sorted(by_name.items()):
-            yield (lambda vdir=vdir, name=name, group=group, linked=linked, prev_v=prev_v:
-                   make_links(vdir, name, group, linked, prev_v))
+        # the first LINK_TASK links of every variable directory, then the next ones, ...
+        turns = sorted((i, name) for name, group in by_name.items() for i in range(0, len(group), LINK_TASK))
+        for i, name in turns:
+            yield (lambda vdir=vdir, name=name, part=by_name[name][i:i + LINK_TASK], linked=linked, prev_v=prev_v:
+                   make_links(vdir, name, part, linked, prev_v))

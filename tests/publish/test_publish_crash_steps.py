@@ -51,7 +51,7 @@ def step_counts(src: str, dst: str) -> dict[str, int]:
             c[s] += files
         for s in ("before_fsync", "after_fsync"):
             c[s] += math.ceil(files / FLUSH_FILES)
-        c["staging"] += versions * SHAPE.variables  # one per variable directory built
+        c["staging"] += versions * SHAPE.variables  # one per link task: a variable directory here (< LINK_TASK links)
         for s in ("staging_done", "after_version"):
             c[s] += versions
         for s in ("latest_tmp", "after_latest", "manifest"):

@@ -94,6 +94,42 @@ def test_the_waiting_thread_helps_with_the_links(tmp_path, monkeypatch):
     invariants.check_converged(src, dst)
 
 
+def test_links_come_in_tasks_of_at_most_link_task_taking_the_variables_in_turn(tmp_path, monkeypatch):
+    """A variable directory larger than LINK_TASK is split, so that the thread that waits for the
+    staging shares the last links instead of waiting for a whole directory; the directories are
+    taken in turn, so that two threads rarely add to one directory at once."""
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)  # 3 variables; 20 to 28 links each
+    dst = str(tmp_path / "b")
+    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[0])).exit_code == 0
+    before = invariants.snapshot(dst)
+    monkeypatch.setattr(staging, "LINK_TASK", 7)
+    tasks = []
+    real = staging.link_tasks
+
+    def spy(*args, **kwargs):
+        for task in real(*args, **kwargs):
+            _, name, part, _, _ = task.__defaults__  # (vdir, name, part, linked, prev_v)
+            tasks.append((name, len(part)))
+            yield task
+
+    monkeypatch.setattr(staging, "link_tasks", spy)
+    assert drsync.push(src, dst).exit_code == 0
+    new = ds.versions[1:]
+    sizes = {v: {} for v in new}
+    for v in new:
+        for name in os.listdir(os.path.join(src, ds.drs, f"v{v}")):
+            sizes[v][name] = len(os.listdir(os.path.join(src, ds.drs, f"v{v}", name)))
+    expected = []
+    for v in new:  # chunk 0 of every variable, then chunk 1, ...
+        expected += [(name, min(7, sizes[v][name] - i)) for i, name in sorted((i, name) for name, n in sizes[v].items()
+                                                                    for i in range(0, n, 7))]
+    assert tasks == expected
+    assert max(n for _, n in tasks) == 7 and len(tasks) > 3 * len(new)
+    invariants.check(src, dst, before)
+    invariants.check_converged(src, dst)
+
+
 def test_a_session_closed_before_publishing_stops_staging(tmp_path):
     src = str(tmp_path / "a")
     [ds] = treegen.make_node(src, SHAPE)
