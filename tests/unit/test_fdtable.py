@@ -34,31 +34,35 @@ def test_reserve_grows_the_table_once_and_leaves_no_descriptor():
         got = fdtable.reserve()
         print(before, got, fdsize(), fdtable.reserve(), sorted(os.listdir("/proc/self/fd")) == fds)
     """)
-    assert int(before) < fdtable.ROOM  # (a new interpreter: 64 or 256 slots)
+    # (``before`` is 64 or 256 slots in a new interpreter, unless this test process had a descriptor
+    # above 255 open when it forked: a table's size survives fork and exec, so it is not asserted)
     assert (int(got), int(after)) == (fdtable.ROOM - 1, fdtable.ROOM)
     assert int(again) == 0  # once per process
     assert opened == "True"
 
 
 def test_a_lower_open_file_limit_is_respected():
-    got, size = _run("""
+    before, got, size = _run("""
         import resource
         from drsync import fdtable
+        before = fdsize()
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        print(fdtable.reserve(), fdsize())
+        print(before, fdtable.reserve(), fdsize())
     """)
-    assert (int(got), int(size)) == (255, 256)  # 1023 and 511 are above the limit
+    # 1023 and 511 are above the limit (a table inherited larger stays larger: see above)
+    assert (int(got), int(size)) == (255, max(256, int(before)))
 
 
 def test_a_descriptor_in_use_is_never_touched():
-    got, same = _run("""
+    before, got, same = _run("""
         import os, resource
         from drsync import fdtable
+        before = fdsize()
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         os.dup2(os.open("/", os.O_RDONLY), 255)  # where reserve would dup to: dup2 would close it
         st = os.fstat(255)
         got = fdtable.reserve()
-        print(got, os.fstat(255).st_ino == st.st_ino and fdsize() == 512)
+        print(before, got, os.fstat(255).st_ino == st.st_ino and fdsize() == max(512, before))
     """)
     assert (int(got), same) == (256, "True")  # the lowest free descriptor above it
 
