@@ -3,11 +3,11 @@
 A receiver holds a batch of partial files open at once (receive_files.BATCH_FILES: 256), beside its
 directories, pipes and sockets. The kernel grows a process's descriptor table by doubling (64, 128,
 256, 512, ...), and in a process with more than one thread each growth waits for an RCU grace period
-(``expand_fdtable`` calls ``synchronize_rcu`` when the table is shared): 5-20 ms each on this VM, 45 ms
-for the three growths of one new version SMALL over ssh, all on the agent's critical path while its
-staging thread ran (traced with ``perf record -e sched:sched_switch -g``: the agent's main thread
-asleep in ``openat -> alloc_fd -> expand_files -> synchronize_rcu``). Growing the table once, to its
-final size, while the process has one thread costs a few microseconds and no grace period.
+(``expand_fdtable`` calls ``synchronize_rcu`` when the table is shared). On this VM: 8-18 ms each, 30-47
+ms for the three growths of one new version SMALL over ssh, the agent's main thread asleep in
+``openat -> alloc_fd -> expand_files -> synchronize_rcu`` while its staging thread ran (traced with
+``perf record -e sched:sched_switch -g``; docs/performance.md, session 17). Growing the table once, to
+its final size, while the process has one thread costs a few microseconds and no grace period.
 
 ``reserve`` does that once per process: the `drsync` executable calls it before any thread starts (the
 client and the remote agent alike), a library run at its start (a caller's process may have threads
@@ -25,7 +25,8 @@ _reserved = False
 
 def reserve(room: int = ROOM) -> int:
     """Grow the descriptor table to ``room`` slots now (or to the soft RLIMIT_NOFILE, if that is
-    lower), once per process. Returns the highest descriptor number made room for, 0 if none."""
+    lower), once per process. Returns the descriptor number the table now reaches (it was
+    duplicated to, then closed), 0 if nothing was done."""
     global _reserved
     if _reserved:
         return 0
