@@ -3,7 +3,7 @@
 A receiver holds a batch of partial files open at once (receive_files.BATCH_FILES: 256), beside its
 directories, pipes and sockets. The kernel grows a process's descriptor table by doubling (64, 128,
 256, 512, ...), and in a process with more than one thread each growth waits for an RCU grace period
-(``expand_fdtable`` calls ``synchronize_rcu`` when the table is shared). On this VM: 8-18 ms each, 30-47
+(``expand_fdtable`` calls ``synchronize_rcu`` when the table is shared). On this VM: 8-18 ms each, 30-41
 ms for the three growths of one new version SMALL over ssh, the agent's main thread asleep in
 ``openat -> alloc_fd -> expand_files -> synchronize_rcu`` while its staging thread ran (traced with
 ``perf record -e sched:sched_switch -g``; docs/performance.md, session 17). Growing the table once, to
