@@ -128,8 +128,8 @@ def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: st
     below are shared with it."""
 
     def make_links(vdir: Dir, name: str, part: list[mf.Entry], linked: dict[str, str], prev_v: Dir | None) -> None:
-        # each files dir's part of the target made once: the loop holds the GIL that the copy
-        # running beside it needs, so it does little more than the link calls
+        # each files dir's part of the target made once per task: the loop holds the GIL that the
+        # copy running beside it needs, so it does little more than the link calls
         prefix = {d: layout.canonical_target(name, linked[d], "") for d in {e.dir for e in part}}
         prev = None
         if prev_v is not None:

@@ -10,6 +10,7 @@ inode: never re-sent, never rewritten).
 from __future__ import annotations
 
 import math
+import os
 
 import invariants
 import pytest
@@ -32,6 +33,7 @@ from publish_helpers import (
 )
 
 from drsync.receive_files import FLUSH_FILES
+from drsync.staging import LINK_TASK
 
 # Three datasets so that every per-dataset step (fsync, latest, manifest) repeats at least 3 times.
 SHAPE = treegen.Shape(datasets=3, variables=2, files=6, versions=4, size=4096)
@@ -109,3 +111,24 @@ def test_step_counts_are_exact(fast_tmp, template):
         done = push(src, dst, fault=f"{step}:{counts[step] + 1}")
         assert done.returncode == 0, f"{step}:{counts[step] + 1} was reached; expected {counts[step]}: {done.stderr}"
         assert report(done)["transferred"]["files"] == counts["after_rename"]
+
+
+def test_kill_between_two_link_tasks_of_one_variable_directory(fast_tmp):
+    """A variable directory larger than LINK_TASK is built by several tasks (staging.link_tasks): a
+    kill after the first leaves it half-built in staging. Nothing is published; the next run
+    rebuilds it whole and converges."""
+    shape = treegen.Shape(datasets=1, variables=2, files=LINK_TASK + 40, versions=2, changed=0.1, added=0,
+                          removed=0, size=64)
+    src, dst, [ds] = make_pair(str(fast_tmp), shape, published=1)
+    before = invariants.snapshot(dst)
+    crashed = push(src, dst, fault="staging:1")
+    assert crashed.returncode == KILLED, crashed.stderr
+    staged = os.path.join(dst, ds.drs, ".drsync", "staging", f"v{treegen.version_name(1)}")
+    sizes = sorted(len(os.listdir(os.path.join(staged, name))) for name in os.listdir(staged))
+    assert LINK_TASK in sizes and max(sizes) < LINK_TASK + 40  # a directory stopped between its tasks
+    invariants.check(src, dst, before)
+    check_unpublished(src, dst)
+    report(push(src, dst))
+    invariants.check(src, dst, before)
+    invariants.check_converged(src, dst)
+    assert os.listdir(os.path.join(dst, ds.drs, ".drsync", "staging")) == []

@@ -87,3 +87,10 @@ def test_a_library_run_reserves_before_it_transfers(nodes, monkeypatch):
     r = drsync.push(src, dst)
     assert r.exit_code == 0 and r.transferred.files > 0
     assert calls == [os.getpid()]
+
+
+def test_the_room_holds_a_receivers_batch_with_plenty_to_spare():
+    """A batch of partial files larger than the room made would grow the table again, mid-run."""
+    from drsync.receive_files import BATCH_FILES
+
+    assert fdtable.ROOM >= 2 * BATCH_FILES
