@@ -234,10 +234,12 @@ def _connect_early(args) -> None:
     if len(remote) != 1:  # two remote nodes: the run refuses them
         _import_ssh_library(args.ssh_backend)
         return
-    from .transports.ssh import prepare_channel
+    from .transports import preconnect, ssh
 
-    prepare_channel(remote[0], backend=args.ssh_backend, drsync_path=args.drsync_path,
-                    accept_new=args.accept_new, timeout=args.timeout)
+    if args.ssh_backend in ("asyncssh", "paramiko"):  # sshd's accept and fork overlap the import below
+        preconnect.start(remote[0], backend=args.ssh_backend, timeout=args.timeout, config=ssh.config_path())
+    ssh.prepare_channel(remote[0], backend=args.ssh_backend, drsync_path=args.drsync_path,
+                       accept_new=args.accept_new, timeout=args.timeout)
 
 
 # How long the command line lets the connection it started have the interpreter to itself (see
@@ -363,6 +365,9 @@ def main(argv: list[str] | None = None, *, freeze: bool = False) -> int:
         ssh = sys.modules.get("drsync.transports.ssh")
         if ssh is not None:
             ssh.discard_prepared()
+        early = sys.modules.get("drsync.transports.preconnect")
+        if early is not None:
+            early.discard()
 
 
 def run() -> None:

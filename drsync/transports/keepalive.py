@@ -54,8 +54,10 @@ class WatchedSocket(socket.socket):
         return data
 
 
-def open_socket(host: str, port: int, timeout: float) -> WatchedSocket:
-    """Connect to ``host:port`` (each address in turn), giving up after ``timeout`` seconds each.
+def open_socket(host: str, port: int, timeout: float, sock_class=None) -> socket.socket:
+    """Connect to ``host:port`` (each address in turn), giving up after ``timeout`` seconds each;
+    the socket is a WatchedSocket unless ``sock_class`` says otherwise (preconnect: asyncio's
+    transport reads a plain one).
     Nagle's algorithm is off (TCP_NODELAY, as asyncio sets it for asyncssh): paramiko writes an SSH
     exchange as several small packets, and with Nagle on the second waits for the ACK of the first,
     which sshd delays by 40 ms. Measured on loopback, paramiko's connection up to the agent's
@@ -63,7 +65,7 @@ def open_socket(host: str, port: int, timeout: float) -> WatchedSocket:
     waited ~40 ms)."""
     error: OSError | None = None
     for family, kind, proto, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
-        sock = WatchedSocket(family, kind, proto)
+        sock = (sock_class or WatchedSocket)(family, kind, proto)
         try:
             sock.settimeout(timeout)
             sock.connect(addr)
@@ -72,7 +74,8 @@ def open_socket(host: str, port: int, timeout: float) -> WatchedSocket:
             error = e
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.last_recv = time.monotonic()
+        if isinstance(sock, WatchedSocket):
+            sock.last_recv = time.monotonic()
         return sock
     raise error or OSError(f"no address for {host}")
 

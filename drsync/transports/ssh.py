@@ -32,7 +32,7 @@ class Target(namedtuple("Target", "alias host port user identities identities_on
     __slots__ = ()
 
 
-def _config_path() -> str:
+def config_path() -> str:
     return os.path.expanduser("~/.ssh/config")
 
 
@@ -47,7 +47,7 @@ def resolve(spec: NodeSpec, backend: str = "paramiko") -> Target:
     if that fails) paramiko's. Both follow OpenSSH's rules (first value wins, Host patterns,
     %-expansion); the tests run the same aliases through both backends."""
     cfg = {}
-    path = _config_path()
+    path = config_path()
     if os.path.exists(path):
         try:
             if backend != "asyncssh":

@@ -9,7 +9,7 @@ import os
 import threading
 
 from ..errors import ConnectionFailure
-from . import keepalive, quickack
+from . import keepalive, preconnect, quickack
 from .known_hosts import host_key_name, known_keys, record_key, revoked_keys
 from .linkerrors import connect_failure, lost
 from .ssh import Channel, Target, changed_key, revoked_key, unknown_key
@@ -174,8 +174,9 @@ class AsyncsshChannel(Channel):
             kwargs["client_keys"] = [p for p in t.identities if os.path.exists(p)]
             if t.identities_only:
                 kwargs["agent_path"] = None
+        sock = preconnect.take(t.host, t.port)  # the `drsync` command's early TCP connection
         try:
-            conn = await asyncssh.connect(t.host, **kwargs)
+            conn = await asyncssh.connect(t.host, **kwargs, **({"sock": sock} if sock is not None else {}))
         except asyncssh.HostKeyNotVerifiable:
             try:
                 key = await asyncssh.get_server_host_key(t.host, t.port)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ConnectionFailure
-from . import keepalive
+from . import keepalive, preconnect
 from .known_hosts import host_key_name, known_keys, record_key, revoked_keys
 from .linkerrors import connect_failure, lost
 from .ssh import Channel, Target, changed_key, revoked_key, unknown_key
@@ -31,7 +31,8 @@ def paramiko_client(target: Target, accept_new: bool, timeout: float = 60.0):
     client.set_missing_host_key_policy(_policy(target, accept_new))
     wait = keepalive.connect_timeout(timeout)
     try:
-        sock = keepalive.open_socket(target.host, target.port, wait)
+        # the `drsync` command's early TCP connection, or a new one
+        sock = preconnect.take(target.host, target.port) or keepalive.open_socket(target.host, target.port, wait)
     except OSError as e:
         raise connect_failure(target.host, target.port, e) from None
     try:
