@@ -126,6 +126,22 @@ class Connection:
         self.settle()
         return self.reply()
 
+    def call_then(self, first: dict, then: dict) -> dict:
+        """Send two requests before reading either reply: one round trip instead of two (the agent
+        answers in order). The first's error wins: it is raised even when the second also failed or
+        the connection is lost before the second's reply. Returns the second's reply."""
+        self.stream.send(first)
+        self.stream.send(then)
+        self.settle()
+        one = self.message()
+        try:
+            two = self.message()
+        except ConnectionFailure:
+            p.raise_if_error(one)
+            raise
+        p.raise_if_error(one)
+        return p.raise_if_error(two)
+
     def close(self) -> None:
         try:
             self.stream.send({"op": "bye"})
@@ -202,13 +218,14 @@ class RemoteDestination:
 
     def publish(self, versions, new_latest, delete_versions, delete_files, index: mf.Index) -> None:
         staged = self._staged()
-        self.node.conn.call(op="dest_publish",
-                            versions=[[v, None if v in staged else mf.entries_to_json(v, es)["entries"]]
-                                      for v, es in versions],
-                            new_latest=new_latest, delete_versions=list(delete_versions),
-                            delete_files=[list(x) for x in delete_files], index=mf.index_to_json(index))
-        # Trust, but verify: read the published index back (FAULTS F8).
-        back = self.node.conn.call(op="manifest", dest=True, **self.node.base(self.drs))
+        publish = {"op": "dest_publish",
+                   "versions": [[v, None if v in staged else mf.entries_to_json(v, es)["entries"]]
+                                for v, es in versions],
+                   "new_latest": new_latest, "delete_versions": list(delete_versions),
+                   "delete_files": [list(x) for x in delete_files], "index": mf.index_to_json(index)}
+        # Trust, but verify: read the published index back (FAULTS F8). The read-back goes with the
+        # publish (one round trip); the agent reads it only after the publish has answered.
+        back = self.node.conn.call_then(publish, {"op": "manifest", "dest": True, **self.node.base(self.drs)})
         got = mf.index_from_json(back["index"], self.drs) if back.get("index") else None
         if got is None or got.latest != index.latest or any(
                 got.versions.get(v) != index.versions[v] for v, _ in versions):
