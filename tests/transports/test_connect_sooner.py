@@ -6,15 +6,13 @@ quick exit). All against the real sshd fixture."""
 from __future__ import annotations
 
 import collections
-import json
-import os
-import subprocess
 import sys
 import threading
 
 import invariants
 import pytest
 import treegen
+from transport_helpers import spied_cli
 
 import drsync
 from drsync import cli
@@ -42,10 +40,7 @@ print(json.dumps({"code": code, "seen": seen, "opened": opened, "left": len(ssh.
 
 
 def _cli(args: list[str]) -> dict:
-    r = subprocess.run([sys.executable, "-c", EARLY, *args], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ))
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[-1])
+    return spied_cli(EARLY, args)
 
 
 @pytest.mark.parametrize("command", ["push", "pull"])

@@ -5,15 +5,14 @@ Against the real sshd fixture and loopback listeners."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
 import sys
 
 import invariants
 import pytest
 import treegen
+from transport_helpers import spied_cli
 
 from drsync.transports import preconnect
 
@@ -131,10 +130,7 @@ print(json.dumps({"code": code, "taken": taken}))
 
 
 def _cli(args: list[str]) -> dict:
-    r = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ))
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[-1])
+    return spied_cli(RUN, args)
 
 
 @pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])

@@ -69,6 +69,15 @@ def run_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.Completed
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def spied_cli(script: str, args: list[str]) -> dict:
+    """Run ``script`` (a Python program that spies on a `drsync` command and prints one JSON line
+    last) with the command's ``args``; that JSON."""
+    r = subprocess.run([PY, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
 def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("drsync: error: ")]
 
