@@ -203,7 +203,8 @@ class _Scanner:
         self.old_loose = old.loose if old else {}
         self._files: Dir | None = None
         self._dirs: dict[str, Dir] = {}
-        self._known: dict[tuple[str, str], mf.Entry] = {}
+        # "<files dir>\t<file>\t<size>" -> digest recorded for that real file at that size
+        self._known: dict[str, str] = {}
         self._scanned: dict[tuple[str, str], mf.Entry] = {}  # real files lstat'ed by this scan
         self._loaded_versions: set[str] = set()
 
@@ -216,17 +217,25 @@ class _Scanner:
             self._dirs[dirname] = d
         return d
 
-    def known(self, dirname: str, file: str) -> mf.Entry | None:
-        """A digest already recorded for this real file (by the version owning its files dir)."""
+    def known(self, dirname: str, file: str, size: int) -> str | None:
+        """The digest already recorded for this real file at this size, by the version owning its
+        files dir. Read from that version's owned keys (mf.owned_key: files dir, file, size and
+        digest), which the plan reads next anyway (DatasetManifest.warm): no Entry per row."""
         version = dirname.rpartition("_")[2]
         if version in self.man.index.versions and version not in self._loaded_versions:
             self._loaded_versions.add(version)
             try:
-                for e in self.man.owned(version):
-                    self._known.setdefault(e.real, e)
+                keys = self.man.owned_keys(version)
             except UnsafeInputError:
-                pass
-        return self._known.get((dirname, file))
+                keys = ()
+            cut = [key.rpartition("\t") for key in keys]
+            # the keys come from a stored list checked against its own digest; what is taken from
+            # them as digests must still look like digests (else the files are hashed)
+            if mf.digests_valid([c[2] for c in cut]):
+                known = self._known
+                for head, _, digest in cut:
+                    known.setdefault(head, digest)
+        return self._known.get(f"{dirname}\t{file}\t{size}")
 
     def scan_version(self, version: str) -> list[mf.Entry]:
         drs = self.man.path
@@ -302,10 +311,8 @@ class _Scanner:
             raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=where) from e
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeInputError("link target is not a regular file", dataset=drs, path=where)
-        known = self.known(dirname, file)
-        if known is not None and known.size == st.st_size:
-            digest = known.digest
-        else:
+        digest = self.known(dirname, file, st.st_size)
+        if digest is None:
             loose = self.old_loose.get((dirname, file))
             if loose is not None and (loose.size, loose.mtime_ns) == (st.st_size, st.st_mtime_ns):
                 digest = loose.digest
@@ -315,7 +322,7 @@ class _Scanner:
                 except OSError as e:
                     raise SourceIOError(f"cannot read: {e.strerror}", dataset=drs, path=f"files/{dirname}/{file}")
         entry = mf.Entry(name, file, dirname, st.st_size, st.st_mtime_ns, digest)
-        self._known.setdefault(entry.real, entry)
+        self._known.setdefault(f"{dirname}\t{file}\t{st.st_size}", digest)
         self._scanned[entry.real] = entry
         return entry
 

@@ -583,6 +583,40 @@ def test_owned_list_spares_reading_a_damaged_entry_list_when_scanning(one, monke
     assert len(man.entries(victim)) == man.index.versions[victim].entries  # rebuilt when needed
 
 
+def test_a_new_versions_recorded_digests_come_from_the_owned_keys(one, monkeypatch):
+    """The scanner looks a carried-over file's digest up in the owned keys of the version owning
+    its files dir (the plan reads the same keys next), not in entries made from the owned list."""
+    gen, path = one
+    refresh(path)
+    new = gen.add_version()
+    monkeypatch.setattr(StateDir, "load_owned", lambda *a: pytest.fail("owned entries loaded"))
+    hashes = hashed_files(monkeypatch)
+    man = refresh(path, save=False)
+    assert sorted(hashes) == sorted(gen_real_files(path, new))  # only the version's own files
+    assert man._owned_keys.keys() >= {e.dir.rpartition("_")[2] for e in man.entries(new)} - {new}
+    rescanned = scan.refresh(Dir.open_root(path), "", None, save=False)  # no manifest: all hashed
+    assert man.entries(new) == rescanned.entries(new)
+
+
+def test_owned_keys_whose_digests_are_not_digests_are_not_taken(one, monkeypatch):
+    gen, path = one
+    refresh(path)
+    victim = gen.versions[-1]
+    p, doc = _owned_doc(path, victim)
+    # a stored list consistent with its own digest, but whose digest column is not hex
+    doc["rows"] = "\n".join(row.rpartition("\t")[0] + "\t" + "z" * 32 for row in doc["rows"].split("\n"))
+    doc["digest"] = mf._rows_digest(doc["rows"], doc["mtimes"])
+    with open(p, "w") as fh:
+        json.dump(doc, fh)
+    new = gen.add_version()  # links into the victim's files
+    hashes = hashed_files(monkeypatch)
+    man = refresh(path, save=False)
+    linked = {(e.dir, e.file) for e in man.entries(new) if e.dir.endswith("_" + victim)}
+    assert linked and linked <= set(hashes)  # hashed, not taken from the bad keys
+    rescanned = scan.refresh(Dir.open_root(path), "", None, save=False)
+    assert man.entries(new) == rescanned.entries(new)
+
+
 # --- the stored owned lists: keys read without an entry per row; the older form still read --------
 
 
