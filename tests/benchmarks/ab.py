@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="SMALL", choices=["SMALL", "LARGE"])
     ap.add_argument("--local", action="store_true", help="local destinations instead of the loopback sshd")
     ap.add_argument("--work", default=None, help="work dir (default: a new one under /tmp, removed at the end)")
+    ap.add_argument("--unscanned", nargs="+", default=[], metavar="NAME",
+                    help="these contenders find the source's newest version not yet in its manifest (its stored "
+                         "entry list removed before each run, as on a node where the version was just added), "
+                         "so their run scans it; give a venv twice under two names to compare both ways")
     args = ap.parse_args(argv)
     venvs = {}
     for c in args.contenders:
@@ -47,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             venvs[c] = os.path.abspath(venv)
     if not venvs:
         ap.error("name at least one drsync venv")
+    unscanned = set(args.unscanned)
+    if unscanned - {c.partition("=")[0] for c in venvs}:
+        ap.error(f"--unscanned names no contender: {', '.join(sorted(unscanned))}")
     work = Path(args.work or tempfile.mkdtemp(prefix="drsync-ab-", dir="/tmp"))
     work.mkdir(exist_ok=True)
     b = B.Bench(Path(tempfile.mkdtemp(prefix="run-", dir=work)), [])
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 n += 1
                 dst = b.work / f"d{n:04d}"
                 subprocess.run(["cp", "-a", str(base), str(dst)], check=True)
+                if c.partition("=")[0] in unscanned:
+                    _forget_newest(src, versions[-1])
                 B.warm(str(src))
                 B.warm(str(dst))
                 os.sync()
@@ -105,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{c.split('=')[0]:10s} against rsync -a: {statistics.median(ref) / statistics.median(t):.2f}x "
                       f"median, {min(ref) / min(t):.2f}x min")
     return 0
+
+
+def _forget_newest(src: Path, version: str) -> None:
+    """Remove ``version``'s stored entry lists from every dataset's manifest under ``src``: the next
+    refresh scans that version from the tree (drsync's default state dir, .drsync)."""
+    for state in src.glob("**/.drsync/manifest"):
+        for name in (f"v{version}.json", f"o{version}.json"):
+            (state / name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -918,7 +918,9 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
               + ", with its default "
               "durability (batched fsync) unless `--drsync-arg=--no-fsync` is given"
               + (f"; this run: extra drsync args `{' '.join(args.drsync_arg)}`" if args.drsync_arg else "") + ". "
-              "The source's manifest is built once before timing (`drsync scan`), as on a node drsync serves.",
+              "The source's manifest is built once before timing (`drsync scan`), as on a node drsync serves; "
+              "a run that finds the new version not yet scanned scans it first (`tests/benchmarks/ab.py "
+              "--unscanned` measures that case; docs/performance.md, session 19).",
               "* rsync: `rsync -a --stats --exclude=.drsync SRC/ DST/` (over ssh: `-e \"ssh -F CONFIG\"`, OpenSSH's "
               "default cipher); `cp -a SRC DST` locally. The loopback sshd is a throwaway one (tests/sshd.py).",
               "* **median** and **min** are wall seconds over the timed runs (big-file runs are bimodal: first-touch "
