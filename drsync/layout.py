@@ -70,6 +70,16 @@ def check_name(name: str, what: str = "name", *, dataset: str | None = None) -> 
     return name
 
 
+def check_component(name: str, what: str, *, dataset: str | None, where: str) -> str:
+    """check_name, with the error naming the entry's whole path in the dataset (``where``), not
+    just ``name``: what a walk of a version directory reports."""
+    try:
+        return check_name(name, what, dataset=dataset)
+    except UnsafeInputError as e:
+        e.path = where
+        raise
+
+
 def check_version(version: str, *, dataset: str | None = None) -> str:
     """Return ``version`` if it is a canonical version string (digits only), else raise (exit 4)."""
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):

@@ -22,8 +22,8 @@ from . import manifest as mf
 from .errors import ConflictError, DestinationIOError, DrsyncError, IntegrityError, UnsafeInputError
 from .fetch import FetchBatch, Received, SourceChanged
 from .fsutil import Dir, fault_point
-from .scan import hash_fd
-from .scan import hash_file as hash_fd_at
+from .hashing import hash_fd
+from .hashing import hash_file as hash_fd_at
 
 BATCH_FILES = 256  # partial fds held open at once while a batch is filled
 FLUSH_FILES = 4096  # files made durable by one syncfs and then renamed into files/ together

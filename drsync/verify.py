@@ -15,7 +15,8 @@ from collections import namedtuple
 from . import layout
 from .errors import DrsyncError, UnsafeInputError, UsageError
 from .fsutil import Dir
-from .scan import find_datasets, hash_file, list_versions
+from .hashing import hash_file
+from .scan import find_datasets, list_versions
 from .state import StateDir
 
 

@@ -22,7 +22,8 @@ from ..fsutil import Dir, copy_fd, fault_point, pwrite_all
 from ..manifest import Entry
 from ..plan import Options
 from ..publish import Receiver, _dest_error
-from ..scan import CHUNK, DatasetManifest, find_datasets, refresh
+from ..hashing import CHUNK
+from ..scan import DatasetManifest, find_datasets, refresh
 from ..state import Lock, StateDir
 
 

@@ -90,14 +90,14 @@ class _Walker:
         vlist = self.listdir(vname, vname)
         for name in sorted(vlist):
             where = f"{vname}/{name}"
-            _component(name, "variable name", drs, where)
+            layout.check_component(name, "variable name", dataset=drs, where=where)
             if not stat.S_ISDIR(vlist[name].st_mode):
                 raise UnsafeInputError("non-canonical layout: version directory holds a non-directory",
                                        dataset=drs, path=where)
             nlist = self.listdir(f"{vname}/{name}", where)
             for file in sorted(nlist):
                 fwhere = f"{where}/{file}"
-                _component(file, "file name", drs, fwhere)
+                layout.check_component(file, "file name", dataset=drs, where=fwhere)
                 if not stat.S_ISLNK(nlist[file].st_mode):
                     raise UnsafeInputError("non-canonical layout: version entry is not a symlink", dataset=drs,
                                            path=fwhere)
@@ -176,14 +176,6 @@ class _Walker:
                 else:
                     out[(dirname, file)] = mf.Loose(fa.st_size, mtime, mf.UNKNOWN_DIGEST)
         return out
-
-
-def _component(name: str, what: str, drs: str, where: str) -> None:
-    try:
-        layout.check_name(name, what, dataset=drs)
-    except UnsafeInputError as e:
-        e.path = where
-        raise
 
 
 def _is_dataset(listing: dict[str, object]) -> bool:

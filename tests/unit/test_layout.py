@@ -160,6 +160,14 @@ def test_check_name_rejects(name):
     assert "\n" not in ei.value.line() and "\0" not in ei.value.line()
 
 
+def test_check_component_names_the_entrys_whole_path():
+    assert layout.check_component("tas", "variable name", dataset="ds", where="v1/tas") == "tas"
+    with pytest.raises(UnsafeInputError) as got:
+        layout.check_component("..", "file name", dataset="ds", where="v1/tas/..")
+    assert (got.value.path, got.value.dataset) == ("v1/tas/..", "ds")
+    assert "unsafe file name" in str(got.value)
+
+
 def test_check_name_rejects_non_string():
     with pytest.raises(UnsafeInputError):
         layout.check_name(b"abc")

@@ -11,6 +11,7 @@ import treegen
 import xxhash
 from unit_util import build, link, links_of, refresh, set_latest, write_file
 
+from drsync import hashing, scan_versions
 from drsync import manifest as mf
 from drsync.errors import UnsafeInputError
 from drsync.events import Recorder
@@ -45,21 +46,21 @@ class Counter:
 
 
 def scan_counters(monkeypatch):
-    versions = Counter(monkeypatch, scan._Scanner, "scan_version", skip=1)  # (self, version)
-    hashes = Counter(monkeypatch, scan, "hash_file", skip=1)  # (dir, name)
+    versions = Counter(monkeypatch, scan_versions.Scanner, "scan_version", skip=1)  # (self, version)
+    hashes = Counter(monkeypatch, scan_versions, "hash_file", skip=1)  # (dir, name)
     return versions, hashes
 
 
 def hashed_files(monkeypatch):
     """Records (files dir, file) of every file hashed."""
     calls = []
-    real = scan.hash_file
+    real = scan_versions.hash_file
 
     def wrapper(d, name, *size):
         calls.append((os.path.basename(d.path), name))
         return real(d, name, *size)
 
-    monkeypatch.setattr(scan, "hash_file", wrapper)
+    monkeypatch.setattr(scan_versions, "hash_file", wrapper)
     return calls
 
 
@@ -170,7 +171,7 @@ def test_column_checks_give_what_the_entry_by_entry_scan_gives(one):
     with Dir.open_root(path) as ds:
         man = scan.DatasetManifest("", mf.Index(), _ds=ds)
         for v in gen.versions:
-            fast, slow = scan._Scanner(ds, man, None), scan._Scanner(ds, man, None)
+            fast, slow = scan_versions.Scanner(ds, man, None), scan_versions.Scanner(ds, man, None)
             with ds.open_dir(f"v{v}") as vdir:
                 for var in sorted(vdir.listdir()):
                     with vdir.open_dir(var) as nd:
@@ -190,7 +191,7 @@ def test_hash_fd_reads_the_whole_file_whatever_size_it_is_told(tmp_path, written
     p.write_bytes(data)
     fd = os.open(p, os.O_RDONLY)
     try:
-        assert scan.hash_fd(fd, told) == xxhash.xxh3_128_hexdigest(data) == scan.hash_fd(fd)
+        assert hashing.hash_fd(fd, told) == xxhash.xxh3_128_hexdigest(data) == hashing.hash_fd(fd)
     finally:
         os.close(fd)
 
