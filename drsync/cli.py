@@ -236,8 +236,8 @@ def _connect_early(args) -> None:
         return
     from .transports import preconnect, ssh
 
-    if args.ssh_backend in ("asyncssh", "paramiko"):  # sshd's accept and fork overlap the import below
-        preconnect.start(remote[0], backend=args.ssh_backend, timeout=args.timeout, config=ssh.config_path())
+    # sshd's accept and start-up overlap the import of the SSH library that prepare_channel does
+    preconnect.start(remote[0], backend=args.ssh_backend, timeout=args.timeout, config=ssh.config_path())
     ssh.prepare_channel(remote[0], backend=args.ssh_backend, drsync_path=args.drsync_path,
                        accept_new=args.accept_new, timeout=args.timeout)
 

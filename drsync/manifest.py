@@ -21,15 +21,13 @@ from .errors import UnsafeInputError
 FORMAT = "drsync-manifest/1"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX = re.compile(r"[0-9a-f]*")
+_BY_KEY = itemgetter(0, 1)  # (name, file): the order a version digest is taken in
 
 
-def digests_valid(digests: list[str]) -> bool:
+def digests_valid(digests) -> bool:
     """True when every string is a digest as entries hold it (32 lowercase hex digits): two
     C-level passes, no call per digest."""
     return set(map(len, digests)) <= {32} and _HEX.fullmatch("".join(digests)) is not None
-
-
-_BY_KEY = itemgetter(0, 1)  # (name, file): the order a version digest is taken in
 
 
 class Entry(namedtuple("Entry", "name file dir size mtime_ns digest")):
