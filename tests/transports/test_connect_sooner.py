@@ -39,16 +39,12 @@ print(json.dumps({"code": code, "seen": seen, "opened": opened, "left": len(ssh.
 """
 
 
-def _cli(args: list[str]) -> dict:
-    return spied_cli(EARLY, args)
-
-
 @pytest.mark.parametrize("command", ["push", "pull"])
 def test_the_command_line_connects_before_it_loads_the_planner(tmp_path, sshd_server, ssh_client_env, command):
     src, dst = str(tmp_path / "a"), str(tmp_path / "b")
     treegen.make_node(src, SHAPE)
     remote_src, local_dst = (src, f"drsync-test:{dst}") if command == "push" else (f"drsync-test:{src}", dst)
-    got = _cli([command, "-q", "--no-progress", "--drsync-path", AGENT, remote_src, local_dst])
+    got = spied_cli(EARLY, [command, "-q", "--no-progress", "--drsync-path", AGENT, remote_src, local_dst])
     assert got["code"] == 0
     # one connection, started while neither the planner nor the sync driver was imported; the run
     # took it over (nothing left prepared) instead of connecting a second time

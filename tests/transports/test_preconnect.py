@@ -12,7 +12,7 @@ import sys
 import invariants
 import pytest
 import treegen
-from transport_helpers import spied_cli
+from transport_helpers import assert_one_error_line, spied_cli
 
 from drsync.transports import preconnect
 
@@ -129,16 +129,12 @@ print(json.dumps({"code": code, "taken": taken}))
 """
 
 
-def _cli(args: list[str]) -> dict:
-    return spied_cli(RUN, args)
-
-
 @pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
 def test_the_command_runs_its_handshake_over_the_early_socket(tmp_path, sshd_server, ssh_client_env, backend):
     src, dst = str(tmp_path / "a"), str(tmp_path / "b")
     treegen.make_node(src, SHAPE)
-    got = _cli(["push", "-q", "--no-progress", "--ssh-backend", backend, "--drsync-path", AGENT, src,
-                f"drsync-test:{dst}"])
+    got = spied_cli(RUN, ["push", "-q", "--no-progress", "--ssh-backend", backend, "--drsync-path", AGENT, src,
+                          f"drsync-test:{dst}"])
     assert got == {"code": 0, "taken": [[sshd_server.host, sshd_server.port]]}
     invariants.check_converged(src, dst)
 
@@ -147,10 +143,31 @@ def test_a_wrong_prediction_costs_nothing_but_the_early_socket(tmp_path, sshd_se
     src, dst = str(tmp_path / "a"), str(tmp_path / "b")
     treegen.make_node(src, SHAPE)
     decoy = listener.getsockname()[1]
-    got = _cli([f"--predict=127.0.0.1,{decoy}", "pull", "-q", "--no-progress", "--drsync-path", AGENT,
-                f"drsync-test:{src}", dst])
+    got = spied_cli(RUN, [f"--predict=127.0.0.1,{decoy}", "pull", "-q", "--no-progress", "--drsync-path",
+                          AGENT, f"drsync-test:{src}", dst])
     assert got == {"code": 0, "taken": [None]}  # the run connected to the sshd itself
     peer, _ = listener.accept()
     assert peer.recv(64) == b""  # and closed the connection it had made to the decoy
     peer.close()
     invariants.check_converged(src, dst)
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_a_changed_host_key_is_refused_over_the_early_socket(tmp_path, sshd_server, ssh_client_env, backend):
+    """The early socket carries the same handshake: the host key is checked on it as on any
+    connection (FAULTS F2: exit 5, one line, nothing written, known_hosts untouched)."""
+    src, dst = str(tmp_path / "a"), tmp_path / "b"
+    treegen.make_node(src, SHAPE)
+    known_hosts = ssh_client_env / ".ssh" / "known_hosts"
+    before = known_hosts.read_bytes()
+    try:
+        sshd_server.use_host_key("b")
+        got, stderr = spied_cli(RUN, ["push", "-q", "--no-progress", "--accept-new", "--ssh-backend", backend,
+                                      "--drsync-path", AGENT, src, f"drsync-test:{dst}"], with_stderr=True)
+    finally:
+        sshd_server.use_host_key("a")
+    assert got["code"] == 5
+    assert got["taken"][0] == [sshd_server.host, sshd_server.port]  # the handshake ran on the early socket
+    assert assert_one_error_line(stderr).startswith("drsync: error: host key mismatch"), stderr
+    assert not os.path.lexists(dst)
+    assert known_hosts.read_bytes() == before

@@ -69,13 +69,14 @@ def run_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.Completed
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def spied_cli(script: str, args: list[str]) -> dict:
+def spied_cli(script: str, args: list[str], *, with_stderr: bool = False):
     """Run ``script`` (a Python program that spies on a `drsync` command and prints one JSON line
-    last) with the command's ``args``; that JSON."""
+    last) with the command's ``args``; that JSON (and the command's stderr, ``with_stderr``)."""
     r = subprocess.run([PY, "-c", script, *args], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ))
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[-1])
+    got = json.loads(r.stdout.splitlines()[-1])
+    return (got, r.stderr) if with_stderr else got
 
 
 def error_lines(stderr: str) -> list[str]:
