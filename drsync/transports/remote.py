@@ -95,9 +95,11 @@ class Connection:
         if proto != p.PROTOCOL:
             raise ConnectionFailure(f"the remote drsync speaks agent protocol {proto}, this one {p.PROTOCOL}: "
                                     "install the same drsync version on both nodes")
-        # the timeout lets the agent give a destination's lock up if this client falls silent
+        # the timeout lets the agent give a destination's lock up if this client falls silent. Its
+        # answer is read before the first request's (settle): the first request goes out without
+        # waiting for it, one network round trip less per connection.
         self.stream.send({"protocol": p.PROTOCOL, "timeout": timeout})
-        p.raise_if_error(self.stream.recv())
+        self._deferred.append(p.raise_if_error)
 
     def send_deferred(self, payload: bytes, on_reply) -> None:
         """Send a request encoded as JSON text without waiting for its reply: ``on_reply(reply)``
@@ -126,13 +128,18 @@ class Connection:
         self.settle()
         return self.reply()
 
-    def call_then(self, first: dict, then: dict) -> dict:
+    def call_then(self, first: dict, then: dict, after: tuple[dict, object] | None = None) -> dict:
         """Send two requests before reading either reply: one round trip instead of two (the agent
         answers in order). The first's error wins: it is raised even when the second also failed or
-        the connection is lost before the second's reply. Returns the second's reply."""
+        the connection is lost before the second's reply. Returns the second's reply. ``after``, a
+        (request, on_reply) pair, goes out in the same flight; its reply is read later (settle)."""
         self.stream.send(first)
         self.stream.send(then)
+        if after is not None:
+            self.stream.send(after[0])
         self.settle()
+        if after is not None:
+            self._deferred.append(after[1])  # answered after ``then``: read at the next settle
         one = self.message()
         try:
             two = self.message()
@@ -143,9 +150,12 @@ class Connection:
         return p.raise_if_error(two)
 
     def close(self) -> None:
+        """Say bye and close. The replies still unread are read first; bye's own is not waited for:
+        the agent answers it and exits, and nothing here depends on that answer (a destination's
+        session was closed, its lock released, by dest_close, whose answer was read)."""
         try:
             self.stream.send({"op": "bye"})
-            self.stream.recv()
+            self.settle()
         except Exception:
             pass
         self.channel.close()
@@ -168,6 +178,7 @@ class RemoteDestination:
         self.manifest = manifest
         self._staged_versions: set[str] = set()  # versions whose entries the agent holds
         self._stage_error: dict | None = None  # dest_stage's error reply, raised on first use
+        self._closed = False  # the agent answered dest_close (sent with dest_publish, or by close())
 
     def stage(self, versions: list[tuple[str, list[mf.Entry]]]) -> None:
         """Send the new versions' entries ahead of their files, so that the agent builds the links
@@ -224,16 +235,27 @@ class RemoteDestination:
                    "new_latest": new_latest, "delete_versions": list(delete_versions),
                    "delete_files": [list(x) for x in delete_files], "index": mf.index_to_json(index)}
         # Trust, but verify: read the published index back (FAULTS F8). The read-back goes with the
-        # publish (one round trip); the agent reads it only after the publish has answered.
-        back = self.node.conn.call_then(publish, {"op": "manifest", "dest": True, **self.node.base(self.drs)})
+        # publish (one round trip); the agent reads it only after the publish has answered. The
+        # session's close goes in the same flight (a session is closed after its publish, whatever
+        # the publish's answer); close() reads its answer.
+        back = self.node.conn.call_then(publish, {"op": "manifest", "dest": True, **self.node.base(self.drs)},
+                                        ({"op": "dest_close"}, self._close_answered))
         got = mf.index_from_json(back["index"], self.drs) if back.get("index") else None
         if got is None or got.latest != index.latest or any(
                 got.versions.get(v) != index.versions[v] for v, _ in versions):
             raise ConnectionFailure("the remote agent acknowledged a publish it did not make", dataset=self.drs)
 
+    def _close_answered(self, reply: dict) -> None:
+        self._closed = True
+        p.raise_if_error(reply)
+
     def close(self) -> None:
+        """End the session: the agent drops what it staged and releases the destination's lock.
+        Its answer is waited for (a run that ends here leaves the destination unlocked)."""
         try:
-            self.node.conn.call(op="dest_close")
+            self.node.conn.settle()  # the answer of a dest_close sent with the publish, if it was
+            if not self._closed:
+                self.node.conn.call(op="dest_close")
         except ConnectionFailure:
             pass
 
@@ -303,6 +325,7 @@ class RemoteNode:
                               **self.base(drs)})
 
         def read(items):
+            conn.settle()  # answers to requests sent before, which come before the files
             out = [recv_file(conn.stream, e, fd, off) for e, fd, off in items]
             conn.reply()
             return out

@@ -1,0 +1,122 @@
+"""The round trips of a run over ssh, against the real sshd fixture and a real agent. A remote publish,
+its read-back (FAULTS F8) and the session's close share one (Connection.call_then): all three are sent
+before any answer is read, and the agent answers in order. The first request does not wait for the
+answer to the greeting's hello, nor does the run wait for the answer to its bye."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import treegen
+
+import drsync
+from drsync.errors import UsageError
+from drsync.transports import remote
+
+AGENT = f"{sys.executable} -m drsync"
+SHAPE = treegen.Shape(datasets=1, variables=2, files=6, versions=3, changed=0.25, added=2, removed=0)
+
+
+def _node(tmp_path, backend="asyncssh", agent=AGENT) -> remote.RemoteNode:
+    return remote.RemoteNode(f"drsync-test:{tmp_path / 'remote'}",
+                             drsync.Options(ssh_backend=backend, drsync_path=agent))
+
+
+def _logged(monkeypatch) -> list:
+    """Every request sent (its op; None for the hello) and every answer read (ok or not), in order."""
+    log = []
+    real_send, real_recv = remote.p.Stream.send, remote.p.Stream.recv
+
+    def send(self, obj):
+        log.append(("send", obj.get("op")))
+        return real_send(self, obj)
+
+    def recv(self):
+        got = real_recv(self)
+        log.append(("reply", bool(got.get("ok"))))
+        return got
+
+    monkeypatch.setattr(remote.p.Stream, "send", send)
+    monkeypatch.setattr(remote.p.Stream, "recv", recv)
+    return log
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_the_read_back_is_sent_before_the_publish_is_answered(tmp_path, sshd_server, ssh_client_env,
+                                                              monkeypatch, backend):
+    src = str(tmp_path / "src")
+    (ds,) = treegen.make_node(src, SHAPE)
+    spec = f"drsync-test:{tmp_path / 'remote'}"
+    opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT)
+    assert drsync.push(src, spec, opts).exit_code == 0
+    version = ds.add_version()
+    drsync.scan(src)
+
+    log = _logged(monkeypatch)
+    r = drsync.push(src, spec, opts)
+    assert r.exit_code == 0, r.errors
+    at = log.index(("send", "dest_publish"))
+    # no answer read in between: the read-back and the close go in the publish's flight
+    assert log[at + 1:at + 3] == [("send", "manifest"), ("send", "dest_close")], log[at:]
+    assert log[at + 3:at + 6] == [("reply", True)] * 3, log[at:]
+    assert log.count(("send", "dest_close")) == 1, log  # close() read its answer, sent no other
+    assert log[-1] == ("send", "bye"), log[at:]  # and bye's answer is not waited for
+    assert (tmp_path / "remote" / ds.drs / f"v{version}").is_dir()
+    # the run left the destination unlocked: a run right after it is not refused
+    ds.add_version()
+    drsync.scan(src)
+    assert drsync.push(src, spec, opts).exit_code == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_the_first_request_does_not_wait_for_the_hellos_answer(tmp_path, sshd_server, ssh_client_env,
+                                                                monkeypatch, backend):
+    (tmp_path / "remote").mkdir()
+    log = _logged(monkeypatch)
+    node = _node(tmp_path, backend)
+    try:
+        assert node.datasets() == []
+    finally:
+        node.close()
+    assert log == [("send", None), ("send", "datasets"), ("reply", True), ("reply", True), ("send", "bye")]
+
+
+def test_an_error_answer_to_the_hello_is_the_one_raised(tmp_path, sshd_server, ssh_client_env):
+    """An agent that greets, then refuses the hello and exits: the first request's call raises the
+    hello's error, not a lost connection."""
+    (tmp_path / "remote").mkdir()
+    fake = tmp_path / "fake_agent.py"
+    fake.write_text(
+        "import sys\n"
+        "from drsync.agent import protocol as p\n"
+        "s = p.Stream(sys.stdin.buffer.raw.read, sys.stdout.buffer.write, sys.stdout.buffer.flush)\n"
+        "sys.stdout.buffer.write(p.GREETING + b'%d fake\\n' % p.PROTOCOL)\n"
+        "sys.stdout.buffer.flush()\n"
+        "s.recv()\n"
+        "s.send({'ok': False, 'error': {'code': 2, 'message': 'hello refused'}})\n")
+    node = _node(tmp_path, agent=f"{sys.executable} {fake}")
+    try:
+        with pytest.raises(UsageError, match="remote: hello refused"):
+            node.datasets()
+    finally:
+        node.close()
+
+
+def test_the_first_requests_error_wins_and_the_replies_stay_in_step(tmp_path, sshd_server, ssh_client_env):
+    (tmp_path / "remote").mkdir()
+    node = _node(tmp_path)
+    try:
+        conn = node.conn
+        # no destination session is open: the publish fails, the read-back after it succeeds
+        with pytest.raises(UsageError, match="no destination session open"):
+            conn.call_then({"op": "dest_publish", "versions": []}, {"op": "datasets", **node.base()})
+        # the second's error when only the second fails
+        with pytest.raises(UsageError, match="no destination session open"):
+            conn.call_then({"op": "datasets", **node.base()}, {"op": "dest_publish", "versions": []})
+        # both replies were read: the next call gets its own reply
+        assert conn.call(op="datasets", **node.base()).get("datasets") == []
+        assert conn.call_then({"op": "datasets", **node.base()},
+                              {"op": "manifest", "dest": True, **node.base("x")}).get("index") is None
+    finally:
+        node.close()
