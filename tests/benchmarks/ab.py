@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Same-run A/B of two drsync builds on "one new version" (and rsync -a as the yardstick).
 
-    python tests/benchmarks/ab.py [--rounds 9] [--shape SMALL|LARGE] [--local] A=VENV B=VENV [rsync]
+    python tests/benchmarks/ab.py [--rounds 9] [--shape SMALL|LARGE] [--local | --delay-ms MS] A=VENV B=VENV [rsync]
 
 Each ``NAME=VENV`` is a venv with a drsync installed (``python -m venv V && V/bin/pip install TREE``);
 over ssh the same venv's drsync is the remote agent. The contenders run alternately (A B rsync, then
@@ -36,12 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=9, help="timed rounds (default 9), after one warm-up")
     ap.add_argument("--shape", default="SMALL", choices=["SMALL", "LARGE"])
     ap.add_argument("--local", action="store_true", help="local destinations instead of the loopback sshd")
+    ap.add_argument("--delay-ms", type=float, default=0.0, metavar="MS",
+                    help="over ssh, every contender (rsync too) through a relay that delays each direction by MS "
+                         "milliseconds: a link with a round trip of 2 x MS, where round trips cost what they do "
+                         "across a real network (on loopback, well under a millisecond)")
     ap.add_argument("--work", default=None, help="work dir (default: a new one under /tmp, removed at the end)")
     ap.add_argument("--unscanned", nargs="+", default=[], metavar="NAME",
                     help="these contenders find the source's newest version not yet in its manifest (its stored "
                          "entry list removed before each run, as on a node where the version was just added), "
                          "so their run scans it; give a venv twice under two names to compare both ways")
     args = ap.parse_args(argv)
+    if args.delay_ms and args.local:
+        ap.error("--delay-ms delays the ssh link: not with --local")
     venvs = {}
     for c in args.contenders:
         if c != "rsync":
@@ -68,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([f"{first}/bin/drsync", "scan", "-q", str(src)], check=True)
         versions = datasets[0].versions
         made.write_text("\n".join(versions) + "\n")
+    delayed = None
     if not args.local:
         b.start_ssh()
+        if args.delay_ms:
+            delayed = B.CountingRelay(b.server.port, delay=args.delay_ms / 1000)
+            b.home = b._home("home-delay", delayed.port)  # ssh_config() and HOME now name the relay
+            b.env["HOME"] = str(b.home)
+            print(f"# ssh through a relay delaying each direction {args.delay_ms:g} ms, on port {delayed.port}",
+                  flush=True)
     base = b.work / "base"
     subprocess.run([f"{first}/bin/drsync", "push", "-q", "--no-progress", "--up-to", versions[-2], str(src), str(base)],
                    check=True, env=b.env)
@@ -101,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r:
                     times[c].append(wall)
     finally:
+        if delayed is not None:
+            delayed.close()
         b.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

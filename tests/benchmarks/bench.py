@@ -219,10 +219,14 @@ def parse_output(tool: str, stdout: str) -> tuple[int | None, int | None]:
 
 
 class CountingRelay:
-    """127.0.0.1:port -> sshd; counts the bytes it forwards each way (probe runs only)."""
+    """127.0.0.1:port -> sshd; counts the bytes it forwards each way (probe runs only). With
+    ``delay`` (seconds), every chunk is forwarded that long after it arrived, in order, each way:
+    a link with a round trip of 2 x delay (tests/benchmarks/ab.py --delay-ms), for what loopback
+    cannot show: the cost of round trips across a real network."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, delay: float = 0.0):
         self.target = ("127.0.0.1", target_port)
+        self.delay = delay
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -253,7 +257,49 @@ class CountingRelay:
             except OSError:
                 client.close()
                 continue
+            if self.delay:
+                for sock in (client, server):  # the relay adds its delay, not Nagle's
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for src, dst, way in ((client, server, "up"), (server, client, "down")):
+                    queue: list = []
+                    ready = threading.Condition()
+                    threading.Thread(target=self._take, args=(src, queue, ready), daemon=True).start()
+                    threading.Thread(target=self._give, args=(dst, queue, ready, way), daemon=True).start()
+                continue
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _take(self, src: socket.socket, queue: list, ready: threading.Condition) -> None:
+        """Delayed relay, one direction: what arrives, with the time it may leave (b"" at the end)."""
+        while True:
+            try:
+                data = src.recv(1 << 18)
+            except OSError:
+                data = b""
+            with ready:
+                queue.append((time.monotonic() + self.delay, data))
+                ready.notify()
+            if not data:
+                return
+
+    def _give(self, dst: socket.socket, queue: list, ready: threading.Condition, way: str) -> None:
+        while True:
+            with ready:
+                while not queue:
+                    ready.wait()
+                due, data = queue.pop(0)
+            time.sleep(max(0.0, due - time.monotonic()))
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+            with self.lock:
+                if way == "up":
+                    self.up += len(data)
+                else:
+                    self.down += len(data)
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         sel = selectors.DefaultSelector()
