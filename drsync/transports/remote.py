@@ -150,12 +150,11 @@ class Connection:
         return p.raise_if_error(two)
 
     def close(self) -> None:
-        """Say bye and close. The replies still unread are read first; bye's own is not waited for:
-        the agent answers it and exits, and nothing here depends on that answer (a destination's
-        session was closed, its lock released, by dest_close, whose answer was read)."""
+        """Say bye and close, without waiting for an answer: the agent answers bye and exits, and
+        nothing here depends on that, or on any answer still unread (a destination's session was
+        closed, its lock released, by dest_close, whose answer RemoteDestination.close read)."""
         try:
             self.stream.send({"op": "bye"})
-            self.settle()
         except Exception:
             pass
         self.channel.close()
@@ -325,7 +324,6 @@ class RemoteNode:
                               **self.base(drs)})
 
         def read(items):
-            conn.settle()  # answers to requests sent before, which come before the files
             out = [recv_file(conn.stream, e, fd, off) for e, fd, off in items]
             conn.reply()
             return out

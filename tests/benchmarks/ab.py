@@ -74,15 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([f"{first}/bin/drsync", "scan", "-q", str(src)], check=True)
         versions = datasets[0].versions
         made.write_text("\n".join(versions) + "\n")
-    delayed = None
     if not args.local:
         b.start_ssh()
         if args.delay_ms:
-            delayed = B.CountingRelay(b.server.port, delay=args.delay_ms / 1000)
-            b.home = b._home("home-delay", delayed.port)  # ssh_config() and HOME now name the relay
-            b.env["HOME"] = str(b.home)
-            print(f"# ssh through a relay delaying each direction {args.delay_ms:g} ms, on port {delayed.port}",
-                  flush=True)
+            b.delay_link(args.delay_ms / 1000)
+            print(f"# ssh through a relay delaying each direction {args.delay_ms:g} ms", flush=True)
     base = b.work / "base"
     subprocess.run([f"{first}/bin/drsync", "push", "-q", "--no-progress", "--up-to", versions[-2], str(src), str(base)],
                    check=True, env=b.env)
@@ -114,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
                 if r:
                     times[c].append(wall)
     finally:
-        if delayed is not None:
-            delayed.close()
         b.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

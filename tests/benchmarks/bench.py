@@ -295,11 +295,14 @@ class CountingRelay:
                 dst.sendall(data)
             except OSError:
                 return
-            with self.lock:
-                if way == "up":
-                    self.up += len(data)
-                else:
-                    self.down += len(data)
+            self._count(way, len(data))
+
+    def _count(self, way: str, n: int) -> None:
+        with self.lock:
+            if way == "up":
+                self.up += n
+            else:
+                self.down += n
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         sel = selectors.DefaultSelector()
@@ -323,11 +326,7 @@ class CountingRelay:
                             pass
                         continue
                     peer.sendall(data)
-                    with self.lock:
-                        if way == "up":
-                            self.up += len(data)
-                        else:
-                            self.down += len(data)
+                    self._count(way, len(data))
         except OSError:
             pass
         finally:
@@ -371,6 +370,7 @@ class Bench:
         self.generated: dict[str, list[treegen.Dataset]] = {}
         self.server = None
         self.relay: CountingRelay | None = None
+        self.delayed: CountingRelay | None = None  # delay_link()
         self.home = self.home_wire = None
         self.env = dict(os.environ)
         self.env.pop("SSH_AUTH_SOCK", None)
@@ -518,9 +518,17 @@ class Bench:
     def ssh_config(self, wire: bool = False) -> str:
         return str((self.home_wire if wire else self.home) / ".ssh" / "config")
 
+    def delay_link(self, delay: float) -> None:
+        """From now on every ssh contender reaches sshd through a relay that delays each direction by
+        ``delay`` seconds (ab.py --delay-ms): HOME and ssh_config() name that relay."""
+        self.delayed = CountingRelay(self.server.port, delay=delay)
+        self.home = self._home("home-delay", self.delayed.port)
+        self.env["HOME"] = str(self.home)
+
     def stop(self) -> None:
-        if self.relay is not None:
-            self.relay.close()
+        for relay in (self.relay, self.delayed):
+            if relay is not None:
+                relay.close()
         if self.server is not None:
             self.server.stop()
 

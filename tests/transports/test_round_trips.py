@@ -116,7 +116,55 @@ def test_the_first_requests_error_wins_and_the_replies_stay_in_step(tmp_path, ss
             conn.call_then({"op": "datasets", **node.base()}, {"op": "dest_publish", "versions": []})
         # both replies were read: the next call gets its own reply
         assert conn.call(op="datasets", **node.base()).get("datasets") == []
+        # a third request in the same flight (as dest_close goes with a publish): the first's error
+        # still wins, the third's answer is read by the next settle, and the replies stay in step
+        answered = []
+        with pytest.raises(UsageError, match="no destination session open"):
+            conn.call_then({"op": "dest_publish", "versions": []}, {"op": "datasets", **node.base()},
+                           ({"op": "datasets", **node.base()}, answered.append))
+        assert answered == []
+        conn.settle()
+        assert [a.get("ok") for a in answered] == [True]
+        assert conn.call(op="datasets", **node.base()).get("datasets") == []
         assert conn.call_then({"op": "datasets", **node.base()},
                               {"op": "manifest", "dest": True, **node.base("x")}).get("index") is None
     finally:
         node.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_a_publish_that_fails_still_has_its_session_closed_once(tmp_path, sshd_server, ssh_client_env,
+                                                                monkeypatch, backend):
+    """dest_close goes in the publish's flight whatever the publish will answer: a publish refused
+    at the destination (a version that appeared there meanwhile) closes its session all the same,
+    once, and leaves the destination unlocked, its staging empty and nothing half-published."""
+    src = str(tmp_path / "src")
+    (ds,) = treegen.make_node(src, SHAPE)
+    spec = f"drsync-test:{tmp_path / 'remote'}"
+    opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT)
+    assert drsync.push(src, spec, opts).exit_code == 0
+    version = ds.add_version()
+    drsync.scan(src)
+    planted = tmp_path / "remote" / ds.drs / f"v{version}"
+    real_publish = remote.RemoteDestination.publish
+
+    def publish(self, *args, **kwargs):
+        planted.mkdir()  # another writer's version, made between the plan and the publish
+        return real_publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(remote.RemoteDestination, "publish", publish)
+    log = _logged(monkeypatch)
+    r = drsync.push(src, spec, opts)
+    assert r.exit_code == 3 and "already exists" in str(r.errors[0]), r.errors
+    assert log.count(("send", "dest_close")) == 1, log
+    at = log.index(("send", "dest_publish"))
+    assert log[at + 1:at + 3] == [("send", "manifest"), ("send", "dest_close")], log[at:]
+    assert list(planted.iterdir()) == []  # the planted version untouched, none published over it
+    assert (tmp_path / "remote" / ds.drs / "latest").resolve().name != f"v{version}"
+    staging = tmp_path / "remote" / ds.drs / ".drsync" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    # unlocked: with the planted directory gone, the next run publishes the version
+    monkeypatch.setattr(remote.RemoteDestination, "publish", real_publish)
+    planted.rmdir()
+    assert drsync.push(src, spec, opts).exit_code == 0
+    assert (tmp_path / "remote" / ds.drs / "latest").resolve().name == f"v{version}"
