@@ -42,9 +42,9 @@ def _logged(monkeypatch) -> list:
     return log
 
 
-@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
-def test_the_read_back_is_sent_before_the_publish_is_answered(tmp_path, sshd_server, ssh_client_env,
-                                                              monkeypatch, backend):
+def _replicated_then_new_version(tmp_path, backend: str):
+    """A source replicated to the remote node, then given a new version (scanned): what the next
+    push publishes. Returns (src, spec, options, dataset, version)."""
     src = str(tmp_path / "src")
     (ds,) = treegen.make_node(src, SHAPE)
     spec = f"drsync-test:{tmp_path / 'remote'}"
@@ -52,6 +52,13 @@ def test_the_read_back_is_sent_before_the_publish_is_answered(tmp_path, sshd_ser
     assert drsync.push(src, spec, opts).exit_code == 0
     version = ds.add_version()
     drsync.scan(src)
+    return src, spec, opts, ds, version
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_the_read_back_is_sent_before_the_publish_is_answered(tmp_path, sshd_server, ssh_client_env,
+                                                              monkeypatch, backend):
+    src, spec, opts, ds, version = _replicated_then_new_version(tmp_path, backend)
 
     log = _logged(monkeypatch)
     r = drsync.push(src, spec, opts)
@@ -138,13 +145,7 @@ def test_a_publish_that_fails_still_has_its_session_closed_once(tmp_path, sshd_s
     """dest_close goes in the publish's flight whatever the publish will answer: a publish refused
     at the destination (a version that appeared there meanwhile) closes its session all the same,
     once, and leaves the destination unlocked, its staging empty and nothing half-published."""
-    src = str(tmp_path / "src")
-    (ds,) = treegen.make_node(src, SHAPE)
-    spec = f"drsync-test:{tmp_path / 'remote'}"
-    opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT)
-    assert drsync.push(src, spec, opts).exit_code == 0
-    version = ds.add_version()
-    drsync.scan(src)
+    src, spec, opts, ds, version = _replicated_then_new_version(tmp_path, backend)
     planted = tmp_path / "remote" / ds.drs / f"v{version}"
     real_publish = remote.RemoteDestination.publish
 
