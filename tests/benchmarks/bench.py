@@ -57,6 +57,9 @@ import sshd as sshd_mod  # noqa: E402  (tests/sshd.py: a real OpenSSH sshd on lo
 import treegen  # noqa: E402
 
 PY = os.path.realpath(sys.executable)
+# The interpreter the README's install command makes drsync's venv with: Debian's own python3, the
+# one its `apt-get install python3-venv` serves (not a pyenv or conda python3 earlier on PATH).
+README_PY = "/usr/bin/python3"
 DRSYNC = [PY, "-m", "drsync"]
 DRSYNC_REMOTE = f"{PY} -m drsync"
 ALIAS = sshd_mod.ALIAS
@@ -855,7 +858,7 @@ def fmt_bytes(n) -> str:
     return str(n)
 
 
-def machine_facts() -> list[tuple[str, str]]:
+def machine_facts(python: str) -> list[tuple[str, str]]:
     def first(cmd):
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -895,7 +898,7 @@ def machine_facts() -> list[tuple[str, str]]:
     return [
         ("nproc", f"{os.cpu_count()} ({cpu})"), ("memory", f"{mem}, swap {swap}"),
         ("kernel", " ".join(platform.uname()[i] for i in (0, 2, 4))),
-        ("python", f"{platform.python_version()} ({PY})"), ("rsync", first(["rsync", "--version"])),
+        ("python (drsync's)", f"{first([python, '--version'])} ({os.path.realpath(python)})"), ("rsync", first(["rsync", "--version"])),
         ("OpenSSH", first(["ssh", "-V"])), ("filesystem of /tmp", fs),
         ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
     ]
@@ -945,7 +948,8 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
               "Full run: `python tests/benchmarks/bench.py` (SMALL, LARGE, BIG; 5 timed runs each). Options: "
               "`--quick` (SMALL only, 3 runs), `--cases GLOB ...` (e.g. `--cases 'noop-*' onenew-SMALL-ssh`), "
               "`--runs N`, `--no-probe` (skip the wire/remote-RSS probe runs), `--keep` (keep the work dir), "
-              "`--drsync-arg ARG` (extra drsync option, e.g. `--drsync-arg=--no-fsync`).", "",
+              "`--drsync-arg ARG` (extra drsync option, e.g. `--drsync-arg=--no-fsync`), `--python EXE` (the "
+              "interpreter of drsync's venv; default `/usr/bin/python3`, as the README installs drsync).", "",
               "## Machine", "", "| fact | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts]
     lines += [f"| load average at end | {' '.join(f'{x:.2f}' for x in os.getloadavg())} |",
@@ -964,7 +968,8 @@ def write_markdown(path: Path, cases: list[Case], facts, cmdline: str, args, not
               "* The source (and, except for initial copies, the destination) is read just before each timed run, "
               "so every contender starts with a warm page cache; then `sync` writes back whatever preparation or "
               "the previous contender left dirty (untimed), so no tool pays for another's writes.",
-              ("* drsync is installed as the README installs it (a fresh venv, `pip install .`) and runs as the CLI: "
+              ("* drsync is installed as the README installs it (a fresh venv of the machine's python3, "
+               "`pip install .`; the facts above name that interpreter) and runs as the CLI: "
                "`drsync push --json --no-progress SRC DST` (over ssh: `DST=drsync-test:PATH --ssh-backend B "
                "--drsync-path VENV/bin/drsync`)" if not args.in_place else
                "* drsync runs as the CLI of this checkout (`--in-place`): `python -m drsync push --json --no-progress "
@@ -1112,18 +1117,19 @@ def plot(path: Path, cases: list[Case], title_note: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def install_drsync(work: Path) -> None:
-    """Install drsync the way the README does (a venv, ``pip install .``, not editable) and run
-    that: its start-up is what users pay, not that of a development interpreter whose site-packages
-    import extra .pth hooks (an editable finder, certifi patches) before drsync even starts."""
+def install_drsync(work: Path, python: str) -> None:
+    """Install drsync the way the README does (a venv of ``python``, ``pip install .``, not
+    editable) and run that: its start-up is what users pay, not that of a development interpreter
+    whose site-packages import extra .pth hooks (an editable finder, certifi patches) before drsync
+    even starts."""
     global DRSYNC, DRSYNC_REMOTE
     venv = work / "venv"
-    subprocess.run([PY, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(REPO)],
                    check=True)
     exe = str(venv / "bin" / "drsync")
     DRSYNC, DRSYNC_REMOTE = [exe], exe
-    print(f"# drsync installed in {venv} (pip install {REPO})", flush=True)
+    print(f"# drsync installed in {venv} (a venv of {python}, pip install {REPO})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1141,6 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (default: removed at the end)")
     ap.add_argument("--in-place", action="store_true",
                     help="run `python -m drsync` with this interpreter instead of a fresh `pip install .` venv")
+    ap.add_argument("--python", default=README_PY if os.access(README_PY, os.X_OK) else PY, metavar="EXE",
+                    help="the interpreter of drsync's venv (default: %(default)s, as the README installs it)")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown to write")
     args = ap.parse_args(argv)
     if args.runs is None:
@@ -1158,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
     cmdline = "python tests/benchmarks/bench.py" + "".join(
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
     started = time.monotonic()
-    facts = machine_facts()
+    facts = machine_facts(PY if args.in_place else args.python)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: clean up like ^C
     work = Path(tempfile.mkdtemp(prefix="drsync-bench-", dir="/tmp"))
     print(f"# work dir {work}; cases: {', '.join(c.name for c in cases)}; {args.runs} runs + {args.warmup} warm-up",
@@ -1167,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
     done: list[Case] = []
     try:
         if not args.in_place:
-            install_drsync(work)
+            install_drsync(work, args.python)
         bench = Bench(work, args.drsync_arg, args.in_place)
         if any(c.transport == "ssh" for c in cases):
             bench.start_ssh()
