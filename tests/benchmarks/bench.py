@@ -490,7 +490,8 @@ class Bench:
         py = str(Path(exe).parent / "python") if exe else PY
         probes = [("python start-up, no imports (`python -S -c pass`)", [py, "-S", "-c", "pass"]),
                   ("drsync start-up (`drsync --version`: interpreter + drsync's imports)", DRSYNC + ["--version"]),
-                  ("`import asyncssh` (paid by the default ssh backend)", [py, "-c", "import asyncssh"]),
+                  ("`import asyncssh` as drsync imports it (paid by the default ssh backend)",
+                   [py, "-c", "from drsync.transports.ssh_asyncssh import import_asyncssh; import_asyncssh()"]),
                   ("`import paramiko` (paid by --ssh-backend paramiko)", [py, "-c", "import paramiko"])]
         if ssh:
             cfg = self.ssh_config()
