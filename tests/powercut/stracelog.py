@@ -113,7 +113,9 @@ def calls(log_path: str):
     """Complete syscalls of a ``strace -f`` log, with ``<unfinished ...>`` / ``<... resumed>``
     halves joined. A call is placed where it returned (its effect is complete there), except a
     flush (fsync, fdatasync, syncfs), which is placed where it *started*: a call of another thread
-    that returned while the flush ran may or may not be covered by it, so it is taken as not."""
+    that returned while the flush ran may or may not be covered by it, so it is taken as not; and a
+    ``close``, also placed where it started: the kernel frees the descriptor's number as the call
+    begins, so another thread's open can return that number before the close returns."""
     pending: dict[int, tuple[str, int]] = {}
     out: list[tuple[int, Call]] = []
     with open(log_path, encoding="latin-1") as fh:
@@ -150,7 +152,7 @@ def calls(log_path: str):
                 continue
             ret = int(rm.group(1), 0)
             ann = os.fsdecode(unescape(rm.group(2))) if rm.group(2) is not None else None
-            out.append((start if name in FLUSHES else lineno, Call(lineno, pid, name, split_args(argtext), ret, ann, raw)))
+            out.append((start if name in FLUSHES or name == "close" else lineno, Call(lineno, pid, name, split_args(argtext), ret, ann, raw)))
     out.sort(key=lambda x: x[0])
     yield from (c for _, c in out)
 

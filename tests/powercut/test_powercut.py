@@ -123,6 +123,24 @@ def test_a_flush_is_placed_where_it_started(tmp_path):
     ])
     assert [o.kind for o in ops] == ["syncfs", "symlink"]
 
+def test_a_close_is_placed_where_it_started(tmp_path):
+    """The kernel frees a descriptor's number as close() begins: another thread's open may return
+    the same number before that close returns, and the calls on it name the new directory."""
+    d = _hex(str(tmp_path / "dst"))
+    a, b = f"{d}/{_hex('a')}", f"{d}/{_hex('b')}"
+    ops, _ = _feed(tmp_path, [
+        f'10 openat(AT_FDCWD<{_hex(str(tmp_path))}>, "{_hex("dst")}", O_RDONLY|O_DIRECTORY) = 3<{d}>',
+        f'10 mkdirat(3<{d}>, "{_hex("a")}", 0755) = 0',
+        f'10 mkdirat(3<{d}>, "{_hex("b")}", 0755) = 0',
+        f'10 openat(3<{d}>, "{_hex("a")}", O_RDONLY|O_DIRECTORY) = 4<{a}>',
+        f'10 close(4<{a}> <unfinished ...>',
+        f'11 openat(3<{d}>, "{_hex("b")}", O_RDONLY|O_DIRECTORY) = 4<{b}>',
+        '10 <... close resumed>) = 0',
+        f'11 mkdirat(4<{b}>, "{_hex("c")}", 0755) = 0',
+    ])
+    assert [(o.kind, o.path) for o in ops] == [("mkdir", "a"), ("mkdir", "b"), ("mkdir", "b/c")]
+
+
 def test_an_unmodelled_call_on_the_destination_fails_loudly(tmp_path):
     d = _hex(str(tmp_path / "dst"))
     with pytest.raises(tracelog.Unmodeled, match="fallocate"):
