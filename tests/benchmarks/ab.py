@@ -3,7 +3,8 @@
 
     python tests/benchmarks/ab.py [--rounds 9] [--shape SMALL|LARGE] [--local | --delay-ms MS] A=VENV B=VENV [rsync]
 
-Each ``NAME=VENV`` is a venv with a drsync installed (``python -m venv V && V/bin/pip install TREE``);
+Each ``NAME=VENV`` is a venv with a drsync installed (``/usr/bin/python3 -m venv V && V/bin/pip install TREE``,
+the interpreter the README installs drsync with: compare builds on one interpreter);
 over ssh the same venv's drsync is the remote agent. The contenders run alternately (A B rsync, then
 B rsync A, ...), one warm-up round, each run on a fresh ``cp -a`` of a destination holding all but the
 newest version, with source and destination read and ``sync`` run before it (the traps of bench.py).

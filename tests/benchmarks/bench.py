@@ -509,6 +509,8 @@ class Bench:
                             "those the previous version lacks this way and hard-links the rest)"),
                            lambda k: [py, "-S", "-c", LINKS_PROBE, str(self.work / f"floor-links-{k}"), str(n), str(dirs)]))
         for what, argv in probes:
+            if callable(argv):  # the links probe creates files: not in the slow spell after a mass delete
+                self.settle()
             walls = []
             for k in range(runs):
                 argv_k = argv(k) if callable(argv) else argv
