@@ -152,9 +152,10 @@ def calls(log_path: str):
                 continue
             ret = int(rm.group(1), 0)
             ann = os.fsdecode(unescape(rm.group(2))) if rm.group(2) is not None else None
-            out.append((start if name in FLUSHES or name == "close" else lineno, Call(lineno, pid, name, split_args(argtext), ret, ann, raw)))
+            out.append((start if name in AT_START else lineno, Call(lineno, pid, name, split_args(argtext), ret, ann, raw)))
     out.sort(key=lambda x: x[0])
     yield from (c for _, c in out)
 
 
 FLUSHES = frozenset({"fsync", "fdatasync", "syncfs", "sync"})
+AT_START = FLUSHES | {"close"}  # calls placed where they started (calls())

@@ -123,6 +123,7 @@ def test_a_flush_is_placed_where_it_started(tmp_path):
     ])
     assert [o.kind for o in ops] == ["syncfs", "symlink"]
 
+
 def test_a_close_is_placed_where_it_started(tmp_path):
     """The kernel frees a descriptor's number as close() begins: another thread's open may return
     the same number before that close returns, and the calls on it name the new directory."""
