@@ -21,7 +21,7 @@ from ..fsutil import fault_point
 from ..plan import Options
 from ..transports.local import LocalNode
 from . import protocol as p
-from . import silence
+from . import pipes, silence
 
 
 class _Forward(Events):
@@ -305,6 +305,7 @@ def recv_file(stream: p.Stream, e: mf.Entry, fd: int, offset: int):
 def main() -> int:
     """Entry point of `drsync agent`: serve on stdin/stdout until the client says bye."""
     stdin, stdout = sys.stdin.buffer.raw, sys.stdout.buffer
+    pipes.widen(stdin.fileno())  # what a push streams in; stdout is left as it is (pipes.py)
     # Keep stray prints (none expected) from corrupting the protocol stream.
     sys.stdout = sys.stderr
     guarded = silence.GuardedInput(stdin.fileno())
