@@ -102,6 +102,7 @@ class SshdServer:
     log: Path  # sshd's stderr (-e), appended across restarts
     alias: str = ALIAS
     current_host_key: str = "a"
+    extra_config: str = ""  # more sshd_config lines (e.g. a narrower Ciphers), appended as they are
     _proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
 
     # -- process control ---------------------------------------------------------
@@ -128,6 +129,7 @@ class SshdServer:
             "PrintMotd no\n"
             "UseDNS no\n"
             "LogLevel ERROR\n"
+            + self.extra_config
         )
 
     def start(self, which: str = "a") -> None:
