@@ -17,9 +17,17 @@ SHAPE = treegen.Shape(datasets=1, variables=3, files=150, versions=2, changed=0.
 REPS = 20
 
 
+# Each run sleeps this long before each batch's flush (the test-only DRSYNC_FAULT_SLOW hook), so that
+# the winner holds the lock long enough for the other run, started at the same moment, to meet it: on a
+# slow moment of the machine the second run's start-up could take as long as the first's whole push,
+# and the two never overlapped (all ten --no-wait pairs exited 0, once).
+HOLD = "before_fsync:0.2"
+
+
 def _pair(src: str, dst: str, flags: list[str]) -> list[subprocess.CompletedProcess]:
+    env = dict(env_with(), DRSYNC_FAULT_SLOW=HOLD)
     procs = [subprocess.Popen(push_cmd(src, dst, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env_with()) for _ in range(2)]
+                              env=env) for _ in range(2)]
     out = []
     for p in procs:
         o, e = p.communicate(timeout=120)
