@@ -11,26 +11,52 @@ A/Bs (docs/performance.md, session 22): 1.70 s -> 1.31 s median; by width, in on
 256 KiB 1.29 s, 1 MiB 1.19 s, 4 MiB 1.51 s. Its stdout (what a pull streams out) is left at 64 KiB:
 widened to 1 MiB, a pull of the same files took 1.02 s -> 1.12 s.
 
-Only an optimisation: where the descriptor is not a pipe (a socket, a terminal) or the kernel refuses
-(above pipe-max-size, or the user's pipe memory is over /proc/sys/fs/pipe-user-pages-soft, which
-counts 256 pages per widened pipe), the pipe stays as it is and nothing is reported.
+Only an optimisation: where the descriptor is not a pipe (a socket, a terminal) or the kernel refuses,
+the pipe stays as it is and nothing is reported. An unprivileged user is refused above pipe-max-size
+and past /proc/sys/fs/pipe-user-pages-soft (16,384 pages by default; a widened pipe counts 256). A user
+at that limit gets new pipes of two pages (8 KiB) instead of 64 KiB, so a widening that leaves the user
+less room than one more widened pipe is undone: many agents of one user (a mirror's parallel jobs)
+never leave that user's other programs with shrunken pipes; the agents past that point keep 64 KiB.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 
 WIDTH = 1 << 20
-_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python has the name from 3.10
+_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python has the names from 3.10
+_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 def widen(*fds: int, width: int = WIDTH) -> dict[int, int]:
     """Ask for pipes of ``width`` bytes on ``fds``; returns {fd: the capacity the kernel set} for
-    those it widened."""
+    those it widened (and kept widened: see the module's note on the per-user limit)."""
     done = {}
     for fd in fds:
         try:
-            done[fd] = fcntl.fcntl(fd, _SETPIPE_SZ, width)
+            before = fcntl.fcntl(fd, _GETPIPE_SZ)
+            got = fcntl.fcntl(fd, _SETPIPE_SZ, width)
         except OSError:
-            pass  # not a pipe, or over a limit: the pipe keeps its size
+            continue  # not a pipe, or over a limit: the pipe keeps its size
+        if _room_for(width):
+            done[fd] = got
+            continue
+        try:  # the user's pipes are near their limit: give the room back
+            fcntl.fcntl(fd, _SETPIPE_SZ, before)
+        except OSError:
+            pass  # holds more than ``before`` already: it stays wide
     return done
+
+
+def _room_for(width: int) -> bool:
+    """Whether this user could still have one more pipe of ``width`` bytes (a probe pipe, closed)."""
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(r, _SETPIPE_SZ, width)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(r)
+        os.close(w)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -69,3 +70,35 @@ def test_what_is_not_a_pipe_is_left_alone(tmp_path):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_an_unprivileged_user_is_never_pushed_over_the_pipe_limit():
+    """pipes.py's promise: the kernel refuses a widening that would take the user's pipes past
+    pipe-user-pages-soft, so an agent never leaves its user's next pipes shrunk to a few pages.
+    pipes.py's own code, run by Debian's interpreter as an unprivileged user (nobody): new pipes are
+    widened until one is refused, then one more is made."""
+    body = textwrap.dedent("""
+        held, widened = [], 0
+        while True:
+            r, w = os.pipe()
+            held += [r, w]
+            if not widen(r):
+                break
+            widened += 1
+            if widened > 10000:
+                raise SystemExit("no limit met")
+        r, w = os.pipe()
+        print(widened, fcntl.fcntl(r, GETPIPE_SZ))
+    """).replace("GETPIPE_SZ", str(GETPIPE_SZ))
+    with open(pipes.__file__) as f:
+        code = f.read() + "\nimport os\n" + body
+    with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+        soft = int(f.read())
+    if os.getuid() != 0 or soft == 0 or not os.access("/usr/bin/python3", os.X_OK):
+        pytest.fail("needs root (to run the check as nobody), /usr/bin/python3 and a pipe-user-pages-soft limit")
+    r = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd="/", preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
+    assert r.returncode == 0, r.stderr
+    widened, next_size = map(int, r.stdout.split())
+    assert 0 < widened <= soft * 4096 // pipes.WIDTH  # refused at the soft limit, not before the first
+    assert next_size == DEFAULT  # the user's next pipe is a whole 64 KiB one
