@@ -537,9 +537,8 @@ class Bench:
                     raise RuntimeError(f"floor probe failed: {' '.join(argv_k)}: {err[-500:]}")
                 walls.append(wall)
             self.floor_rows.append((what, min(walls), statistics.median(walls)))
-            if disk is not None:
-                (self.work / "floor-disk").unlink(missing_ok=True)
             print(f"# floor: {what}: min {min(walls):.3f} s, median {statistics.median(walls):.3f} s", flush=True)
+        (self.work / "floor-disk").unlink(missing_ok=True)  # the disk probe's last file
 
     def ssh_config(self, wire: bool = False) -> str:
         return str((self.home_wire if wire else self.home) / ".ssh" / "config")
