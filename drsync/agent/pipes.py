@@ -7,8 +7,8 @@ asks for up to 4 MiB). At 64 KiB the two take turns 16 times per megabyte, each 
 other on a machine whose cores the client and sshd are also using. The agent widens its stdin
 pipe to 1 MiB (``F_SETPIPE_SZ``; the reader may do that, and 1 MiB is /proc/sys/fs/pipe-max-size's
 default, the most an unprivileged user may ask for). Push of 384 MiB of big files over ssh, same-run
-A/Bs (docs/performance.md, session 22): 1.70 s -> 1.31 s median; by width, in one run, 64 KiB 1.54 s,
-256 KiB 1.29 s, 1 MiB 1.19 s, 4 MiB 1.51 s. Its stdout (what a pull streams out) is left at 64 KiB:
+A/Bs (docs/performance.md, session 22): 1.70 s -> 1.31 s median with stdout widened too; stdin alone,
+by width, in one run: 64 KiB 1.54 s, 256 KiB 1.29 s, 1 MiB 1.19 s, 4 MiB 1.51 s. Its stdout (what a pull streams out) is left at 64 KiB:
 widened to 1 MiB, a pull of the same files took 1.02 s -> 1.12 s.
 
 Only an optimisation: where the descriptor is not a pipe (a socket, a terminal) or the kernel refuses,
@@ -26,7 +26,7 @@ import os
 
 WIDTH = 1 << 20
 _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python has the names from 3.10
-_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 def widen(*fds: int, width: int = WIDTH) -> dict[int, int]:
@@ -35,7 +35,7 @@ def widen(*fds: int, width: int = WIDTH) -> dict[int, int]:
     done = {}
     for fd in fds:
         try:
-            before = fcntl.fcntl(fd, _GETPIPE_SZ)
+            before = fcntl.fcntl(fd, GETPIPE_SZ)
             got = fcntl.fcntl(fd, _SETPIPE_SZ, width)
         except OSError:
             continue  # not a pipe, or over a limit: the pipe keeps its size

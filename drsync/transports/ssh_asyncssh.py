@@ -12,7 +12,7 @@ from ..errors import ConnectionFailure
 from . import keepalive, preconnect, quickack
 from .known_hosts import host_key_name, known_keys, record_key, revoked_keys
 from .linkerrors import connect_failure, lost
-from .ssh import Channel, Target, changed_key, revoked_key, unknown_key
+from .ssh import CIPHERS, Channel, Target, changed_key, revoked_key, unknown_key
 
 
 def _library_dirs() -> list[str]:
@@ -165,8 +165,7 @@ class AsyncsshChannel(Channel):
         # Never None (that would disable verification): no file means no trusted key at all.
         kwargs = dict(port=t.port, known_hosts=existing[0] if existing else ([], [], []),
                       config=[], **keepalive.asyncssh_options(self.timeout),
-                      encryption_algs=["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                                       "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr"],
+                      encryption_algs=list(CIPHERS),
                       compression_algs=None, client_factory=_quick_ack_client(asyncssh))
         if t.user:
             kwargs["username"] = t.user

@@ -9,23 +9,18 @@ from ..errors import ConnectionFailure
 from . import keepalive, preconnect
 from .known_hosts import host_key_name, known_keys, record_key, revoked_keys
 from .linkerrors import connect_failure, lost
-from .ssh import Channel, Target, changed_key, revoked_key, unknown_key
-
-# AES-GCM first, as the asyncssh backend asks (ssh_asyncssh.py): paramiko's own order starts with
-# aes128-ctr and a separate HMAC: two passes over every packet, each called from Python. Push of 384 MiB of big
-# files over ssh, same-run A/B: 1.53 s -> 1.19 s median (docs/performance.md, session 22). A server
-# without GCM still gets paramiko's other ciphers, in paramiko's order.
-GCM_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+from .ssh import CIPHERS, Channel, Target, changed_key, revoked_key, unknown_key
 
 
-def _gcm_first_transport(sock, **kwargs):
-    """SSHClient.connect's transport_factory: a paramiko Transport offering GCM ciphers first."""
+def _transport(sock, **kwargs):
+    """SSHClient.connect's transport_factory: a paramiko Transport offering ssh.CIPHERS first (those
+    paramiko has), then its other ciphers in its own order."""
     import paramiko
 
     transport = paramiko.Transport(sock, **kwargs)
     options = transport.get_security_options()
     offered = tuple(options.ciphers)
-    options.ciphers = tuple(c for c in GCM_FIRST if c in offered) + tuple(c for c in offered if c not in GCM_FIRST)
+    options.ciphers = tuple(c for c in CIPHERS if c in offered) + tuple(c for c in offered if c not in CIPHERS)
     return transport
 
 
@@ -57,7 +52,7 @@ def paramiko_client(target: Target, accept_new: bool, timeout: float = 60.0):
                        key_filename=[p for p in target.identities if os.path.exists(p)] or None,
                        look_for_keys=not target.identities_only, allow_agent=not target.identities_only,
                        sock=sock, timeout=wait, banner_timeout=wait, auth_timeout=wait,
-                       transport_factory=_gcm_first_transport)
+                       transport_factory=_transport)
     except ConnectionFailure:
         client.close()
         raise

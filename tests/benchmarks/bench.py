@@ -515,14 +515,14 @@ class Bench:
                             "charges for a LARGE version's links as new symlinks, as rsync makes them; drsync makes "
                             "those the previous version lacks this way and hard-links the rest)"),
                            lambda k: [py, "-S", "-c", LINKS_PROBE, str(self.work / f"floor-links-{k}"), str(n), str(dirs)]))
+        disk_file = self.work / "floor-disk"
         if disk is not None:
             blocks = -(-disk // (4 << 20))
-            target = self.work / "floor-disk"
 
             def dd(_k: int) -> list[str]:
-                target.unlink(missing_ok=True)  # the previous run's, untimed
+                disk_file.unlink(missing_ok=True)  # the previous run's, untimed
                 os.sync()
-                return ["dd", "if=/dev/zero", f"of={target}", "bs=4M", f"count={blocks}", "oflag=direct", "status=none"]
+                return ["dd", "if=/dev/zero", f"of={disk_file}", "bs=4M", f"count={blocks}", "oflag=direct", "status=none"]
             probes.append(((f"{DISK_FLOOR}: {blocks * 4 / 1024:.1f} GiB by `dd oflag=direct` in 4 MiB blocks, around "
                             "the page cache as drsync writes big files (what the disk takes: the floor of a durable "
                             "copy)"), dd))
@@ -538,7 +538,7 @@ class Bench:
                 walls.append(wall)
             self.floor_rows.append((what, min(walls), statistics.median(walls)))
             print(f"# floor: {what}: min {min(walls):.3f} s, median {statistics.median(walls):.3f} s", flush=True)
-        (self.work / "floor-disk").unlink(missing_ok=True)  # the disk probe's last file
+        disk_file.unlink(missing_ok=True)  # the disk probe's last file
 
     def ssh_config(self, wire: bool = False) -> str:
         return str((self.home_wire if wire else self.home) / ".ssh" / "config")

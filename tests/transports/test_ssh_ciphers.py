@@ -1,13 +1,14 @@
-"""The paramiko backend asks for AES-GCM first, as the asyncssh backend does (ssh_paramiko.GCM_FIRST):
-paramiko's own order starts with aes128-ctr and a separate HMAC. Against the real sshd; a server
-without GCM still gets a connection, with paramiko's other ciphers."""
+"""Both backends ask for ssh.CIPHERS in that order, AES-GCM first (paramiko's own order starts with
+aes128-ctr and a separate HMAC). Against the real sshd; a server without GCM still gets a connection."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from drsync.transports import ssh_paramiko
+import sys
+
+from drsync.transports import ssh, ssh_paramiko
 from drsync.transports.ssh import Target
 from sshd import make_server
 
@@ -27,7 +28,19 @@ def _ciphers(server) -> tuple[str, str]:
 
 
 def test_gcm_is_chosen_where_the_server_offers_it(sshd_server):
-    assert _ciphers(sshd_server) == ("aes128-gcm@openssh.com", "aes128-gcm@openssh.com")
+    assert ssh.CIPHERS[0] == "aes128-gcm@openssh.com"
+    assert _ciphers(sshd_server) == (ssh.CIPHERS[0], ssh.CIPHERS[0])
+
+
+def test_asyncssh_asks_for_the_same_ciphers(sshd_server, ssh_client_env):
+    ch = ssh.open_channel(ssh.parse_spec("drsync-test:/"), backend="asyncssh",
+                          drsync_path=f"{sys.executable} -m drsync", accept_new=False)
+    try:
+        assert ch.read(256).startswith(b"DRSYNC-AGENT/")
+        got = (ch.conn.get_extra_info("send_cipher"), ch.conn.get_extra_info("recv_cipher"))
+    finally:
+        ch.close()
+    assert got == (ssh.CIPHERS[0], ssh.CIPHERS[0])
 
 
 def test_a_server_without_gcm_still_connects(tmp_path):
