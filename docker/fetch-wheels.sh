@@ -24,7 +24,7 @@ done
 # shellcheck disable=SC2086  # $platforms is a list of options
 "$python" -m pip download --quiet --disable-pip-version-check --dest "$here/wheels" \
     --only-binary=:all: --implementation cp --python-version "$target" $platforms \
-    "$repo" 'setuptools>=61' wheel
+    "$repo" 'setuptools>=77' wheel
 count=0
 for wheel in "$here"/wheels/*.whl; do
     [ -e "$wheel" ] && count=$((count + 1))
