@@ -3,10 +3,9 @@ aes128-ctr and a separate HMAC). Against the real sshd; a server without GCM sti
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
-
-import sys
 
 from drsync.transports import ssh, ssh_paramiko
 from drsync.transports.ssh import Target
