@@ -105,8 +105,18 @@ class Connection:
         """Send a request encoded as JSON text without waiting for its reply: ``on_reply(reply)``
         gets it before any later request's reply is read (settle), so the replies stay in step
         whatever the caller asks next."""
-        self.stream.send_json(payload)
+        self._request(self.stream.send_json, payload)
         self._deferred.append(on_reply)
+
+    def _request(self, send, *args) -> None:
+        """Send a request. When the link is found gone, the replies already owed are read first:
+        the agent may have answered, then exited (it refused the hello), and that answer, not the
+        lost connection, is what the user needs to hear."""
+        try:
+            send(*args)
+        except ConnectionFailure:
+            self.settle()
+            raise
 
     def settle(self) -> None:
         """Read the replies of the deferred requests still unanswered, in order."""
@@ -124,7 +134,7 @@ class Connection:
         return p.raise_if_error(self.message())
 
     def call(self, **req) -> dict:
-        self.stream.send(req)
+        self._request(self.stream.send, req)
         self.settle()
         return self.reply()
 
@@ -133,10 +143,10 @@ class Connection:
         answers in order). The first's error wins: it is raised even when the second also failed or
         the connection is lost before the second's reply. Returns the second's reply. ``after``, a
         (request, on_reply) pair, goes out in the same flight; its reply is read later (settle)."""
-        self.stream.send(first)
-        self.stream.send(then)
+        self._request(self.stream.send, first)
+        self._request(self.stream.send, then)
         if after is not None:
-            self.stream.send(after[0])
+            self._request(self.stream.send, after[0])
         self.settle()
         if after is not None:
             self._deferred.append(after[1])  # answered after ``then``: read at the next settle

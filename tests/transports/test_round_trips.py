@@ -6,6 +6,7 @@ answer to the greeting's hello, nor does the run wait for the answer to its bye.
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 import treegen
@@ -13,6 +14,7 @@ import treegen
 import drsync
 from drsync.errors import UsageError
 from drsync.transports import remote
+from transport_helpers import BACKENDS
 
 AGENT = f"{sys.executable} -m drsync"
 SHAPE = treegen.Shape(datasets=1, variables=2, files=6, versions=3, changed=0.25, added=2, removed=0)
@@ -89,9 +91,9 @@ def test_the_first_request_does_not_wait_for_the_hellos_answer(tmp_path, sshd_se
     assert log == [("send", None), ("send", "datasets"), ("reply", True), ("reply", True), ("send", "bye")]
 
 
-def test_an_error_answer_to_the_hello_is_the_one_raised(tmp_path, sshd_server, ssh_client_env):
-    """An agent that greets, then refuses the hello and exits: the first request's call raises the
-    hello's error, not a lost connection."""
+def _refusing_agent(tmp_path, then: str = "") -> str:
+    """The command of a fake agent that greets, answers the hello with an error, runs ``then`` (Python
+    source) and exits; with the remote directory made."""
     (tmp_path / "remote").mkdir()
     fake = tmp_path / "fake_agent.py"
     fake.write_text(
@@ -101,9 +103,33 @@ def test_an_error_answer_to_the_hello_is_the_one_raised(tmp_path, sshd_server, s
         "sys.stdout.buffer.write(p.GREETING + b'%d fake\\n' % p.PROTOCOL)\n"
         "sys.stdout.buffer.flush()\n"
         "s.recv()\n"
-        "s.send({'ok': False, 'error': {'code': 2, 'message': 'hello refused'}})\n")
-    node = _node(tmp_path, agent=f"{sys.executable} {fake}")
+        "s.send({'ok': False, 'error': {'code': 2, 'message': 'hello refused'}})\n" + then)
+    return f"{sys.executable} {fake}"
+
+
+def test_an_error_answer_to_the_hello_is_the_one_raised(tmp_path, sshd_server, ssh_client_env):
+    """An agent that greets, then refuses the hello and exits: the first request's call raises the
+    hello's error, not a lost connection."""
+    node = _node(tmp_path, agent=_refusing_agent(tmp_path))
     try:
+        with pytest.raises(UsageError, match="remote: hello refused"):
+            node.datasets()
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_hello_is_raised_even_after_the_agent_has_gone(tmp_path, sshd_server, ssh_client_env, backend):
+    """The same agent, but the first request is sent only after it has answered and exited, so that
+    sending finds the channel closed: the answer already read off the wire is still what is raised,
+    not the lost connection."""
+    gone = tmp_path / "gone"
+    node = _node(tmp_path, backend=backend, agent=_refusing_agent(tmp_path, then=f"open({str(gone)!r}, 'w').close()\n"))
+    try:
+        deadline = time.monotonic() + 30
+        while not gone.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the agent's exit, then the channel's close, reach the client
         with pytest.raises(UsageError, match="remote: hello refused"):
             node.datasets()
     finally:
