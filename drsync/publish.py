@@ -23,6 +23,7 @@ from .events import Events
 from .fsutil import Dir, fault_point
 from .receive_files import FilesStep, _dest_error
 from .staging import Staging
+from .staging_fork import ForkedStaging
 from .state import StateDir
 
 LATEST_TMP = ".latest.drsync-tmp"
@@ -40,7 +41,7 @@ class Receiver(FilesStep):
         self.durable = durable
         # digests computed here for sizes-only entries (SFTP fallback source): (dir, file) -> digest
         self.learned: dict[tuple[str, str], str] = {}
-        self._staging: Staging | None = None  # the background link building of stage_versions
+        self._staging: Staging | ForkedStaging | None = None  # the background link building (stage_versions)
         self._built: set[str] = set()  # versions whose links stage_versions made in staging
         self._writeback = None  # the background writeback of others' dirty data (writeback.py)
         if os.fstat(state.dir.fd).st_dev != os.fstat(ds.fd).st_dev:
@@ -79,14 +80,31 @@ class Receiver(FilesStep):
         except OSError as err:
             raise _dest_error(err, self.drs, layout.FILES) from err
 
-    def stage_versions(self, versions: list[tuple[str, list[mf.Entry]]]) -> None:
+    def stage_versions(self, versions: list[tuple[str, list[mf.Entry]]], digest: str | None = None) -> None:
         """Start building the link trees of ``versions`` in staging on a background thread, so that
         the kernel makes the links while the files arrive. Links are relative names, valid before
         their targets exist, and staging is never visible: nothing here is published. Each
-        ``publish_version`` waits for this work (lending a hand), then flushes and renames."""
+        ``publish_version`` waits for this work (lending a hand), then flushes and renames.
+        After stage_forked: the forked child's version with its index ``digest``, whose tasks this
+        process then shares; any other versions stop the child and go to the thread instead."""
+        if isinstance(self._staging, ForkedStaging):
+            if len(versions) == 1 and digest is not None and self._staging.attach(*versions[0], digest):
+                self._start_writeback()
+                return
+            self.wait_staged(cancel=True)
         if versions and self._staging is None:
             self._start_writeback()
             self._staging = Staging(self.state.sub("staging"), versions, self.drs, self.ds)
+
+    def stage_forked(self, version: str, digest: str, load) -> None:
+        """Start a child that reads ``version``'s stored entry list (``load``, checked against the
+        index ``digest``) and builds its links in staging, before this process has parsed the list
+        (staging_fork.py); stage_versions then gives this process's own list, to share the tasks."""
+        if self._staging is None:
+            try:
+                self._staging = ForkedStaging(self.state.sub("staging"), version, digest, load, self.drs, self.ds)
+            except OSError:
+                pass  # no process to spare (EAGAIN, ENOMEM): stage_versions starts the thread instead
 
 
     def wait_staged(self, *, cancel: bool = False) -> None:

@@ -95,6 +95,15 @@ class DatasetManifest:
             self._entries[version] = got
         return got
 
+    def stored_entries(self, version: str) -> list[mf.Entry] | None:
+        """The entries of ``version`` if loaded already or stored and matching the index's digest;
+        None otherwise. Never rebuilds a list from the tree, never fetches one from a peer, caches
+        nothing: for a forked helper (staging_fork.py) that reads what ``entries`` will read."""
+        got = self._entries.get(version)
+        if got is None and self._loader is None and self._store is not None:
+            got = self._store.load_entries(version, self.index.versions[version])
+        return got
+
     @property
     def local(self) -> bool:
         """True when entry lists are read from this machine, not fetched from a peer."""

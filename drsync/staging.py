@@ -8,7 +8,10 @@ is the same relative symlink under a second name, and it allocates no inode. On 
 inodes is what a new symlink costs, and right after a big copy onto the filesystem it costs 2 to
 10 times more than usual (docs/performance.md); a new version typically re-uses most of the
 previous one's links. Any link that cannot be shared (no previous version, another target, a
-filesystem without hard links, too many links to one inode) is made as a new symlink."""
+filesystem without hard links, too many links to one inode) is made as a new symlink.
+
+A version of staging_fork.FORK_LINKS links or more, on a local push, is built by the same tasks in a
+forked child instead of a thread (staging_fork.py)."""
 
 from __future__ import annotations
 
@@ -120,12 +123,14 @@ LINK_TASK = 256
 
 
 def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: str, dirs: list[Dir],
-               published: Dir | None = None):
+               published: Dir | None = None, *, fresh: bool = True):
     """For each version: its directory made afresh in staging (a crashed run's leftover removed),
     then its links in tasks of up to LINK_TASK, taking the variable directories in turn (two
     threads then rarely add to one directory at once, which the kernel serialises). With
     ``published`` (the destination dataset), links equal to those of the newest published version
-    below are shared with it."""
+    below are shared with it. The tasks depend on nothing but the arguments: two processes given
+    the same entries get the same list. With ``fresh=False`` the version's directory is opened as
+    another process made it, not made again (staging_fork.py)."""
 
     def make_links(vdir: Dir, name: str, part: list[mf.Entry], linked: dict[str, str], prev_v: Dir | None) -> None:
         # each files dir's part of the target made once per task: the loop holds the GIL that the
@@ -158,8 +163,11 @@ def link_tasks(staging: Dir, versions: list[tuple[str, list[mf.Entry]]], drs: st
         linked: dict[str, str] = {}  # files dir -> the version it belongs to (checked once per dir)
         for d in {e.dir for e in entries}:
             linked[d] = layout.split_files_dir(d, dataset=drs)[1]
-        staging.remove_tree(vname)
-        vdir = staging.ensure_dir(vname)
+        if fresh:
+            staging.remove_tree(vname)
+            vdir = staging.ensure_dir(vname)
+        else:
+            vdir = staging.open_dir(vname)
         dirs.append(vdir)
         prev_v = _open_previous(published, version, dirs)
         # the first LINK_TASK links of every variable directory, then the next ones, ...

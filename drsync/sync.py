@@ -10,7 +10,7 @@ import fnmatch
 import sys
 import time
 
-from . import fdtable, layout
+from . import fdtable, layout, staging_fork
 from . import manifest as mf
 from .connecting import Connecting
 from .errors import ConflictError, DrsyncError, UsageError
@@ -249,7 +249,10 @@ def _stage_early(sman: DatasetManifest, session, options: Options) -> tuple[str,
     if not hasattr(session, "stage"):
         return ()
     versions = versions_to_stage(sman, session.manifest, options)
-    if versions:
+    if (len(versions) == 1 and hasattr(session, "stage_stored") and sman.local and not sman.sizes_only
+            and sman.index.versions[versions[0]].entries >= staging_fork.FORK_LINKS):
+        session.stage_stored(versions[0], sman)  # the links in a forked child: staging_fork.py
+    elif versions:
         session.stage([(v, sman.entries(v)) for v in versions])
     return versions
 

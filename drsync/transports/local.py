@@ -160,6 +160,15 @@ class LocalDestination:
         """Step 2's links, built in staging (never visible) while step 1 runs: Receiver.stage_versions."""
         self.receiver.stage_versions(versions)
 
+    def stage_stored(self, version: str, sman: DatasetManifest) -> None:
+        """``stage`` for one big version of a source manifest on this machine: a forked child reads
+        its stored entry list and starts the links while this process reads the same list (for the
+        plan) and then shares the links' tasks (Receiver.stage_forked, staging_fork.py)."""
+        digest = sman.index.versions[version].digest
+        self.receiver.stage_forked(version, digest, lambda: sman.stored_entries(version))
+        entries = sman.entries(version)
+        self.receiver.stage_versions([(version, entries)], digest=sman.index.versions[version].digest)
+
     def receive(self, files: list[Entry], src, drs: str, link=None) -> Received:
         """Step 1: bring ``files`` over from dataset ``drs`` of node ``src``."""
         return self.receiver.receive_files(files, src.fetch_batch(drs), link=link)
