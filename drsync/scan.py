@@ -86,7 +86,7 @@ class DatasetManifest:
                     raise UnsafeInputError("entry list does not match its index digest", dataset=self.path,
                                            path=f"v{version}")
             else:
-                got = self._store.load_entries(version, info) if self._store else None
+                got = self.stored_entries(version)
                 if got is None and self._ds is not None and self._ds.fd >= 0:
                     got = self._rescan(version)
             if got is None:

@@ -77,16 +77,9 @@ class ForkedStaging:
         try:
             if cancel or self.entries is None:
                 os.kill(self.pid, signal.SIGKILL)
-            else:
-                tasks = None
-                while True:
-                    ticket = os.read(self.tickets, _TICKET)
-                    if len(ticket) < _TICKET:  # closed and empty: every task is taken
-                        break
-                    if tasks is None:  # the child made the version's directory before any ticket
-                        tasks = list(link_tasks(self.staging, [(self.version, self.entries)], self.drs, dirs,
-                                                self.published, fresh=False))
-                    tasks[int.from_bytes(ticket, "little")]()
+            else:  # the tasks made at the first ticket: the child made the version's directory before
+                _take_tasks(self.tickets, lambda: list(link_tasks(
+                    self.staging, [(self.version, self.entries)], self.drs, dirs, self.published, fresh=False)))
         except BaseException:
             os.kill(self.pid, signal.SIGKILL)
             raise
@@ -114,15 +107,25 @@ def _child(rd: int, wr: int, parent: int, staging: Dir, version: str, load, drs:
             for at in range(0, len(tickets), step):  # (past 64 KiB of tickets, waits for the parent)
                 os.write(wr, tickets[at:at + step])
             os.close(wr)
-            while True:
-                ticket = os.read(rd, _TICKET)
-                if len(ticket) < _TICKET:
-                    code = 0
-                    break
-                if os.getppid() != parent:  # the parent has gone: stop, leave staging as it is
-                    break
-                tasks[int.from_bytes(ticket, "little")]()
+            # the parent gone: stop, leave staging as it is (the next run, once the lock is free, clears it)
+            code = 0 if _take_tasks(rd, lambda: tasks, lambda: os.getppid() == parent) else 1
     except BaseException:  # noqa: BLE001 - the exit status says it; the parent builds the version
         pass
     finally:
         os._exit(code)
+
+
+def _take_tasks(tickets: int, make_tasks, go_on=None) -> bool:
+    """Claim tasks one ticket at a time from the pipe ``tickets`` and run them, until it is closed and
+    empty (True: every task is taken) or ``go_on()`` says to stop (False). ``make_tasks``: the task
+    list, asked for at the first ticket."""
+    tasks = None
+    while True:
+        ticket = os.read(tickets, _TICKET)
+        if len(ticket) < _TICKET:
+            return True
+        if go_on is not None and not go_on():
+            return False
+        if tasks is None:
+            tasks = make_tasks()
+        tasks[int.from_bytes(ticket, "little")]()

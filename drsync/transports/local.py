@@ -167,6 +167,8 @@ class LocalDestination:
         digest = sman.index.versions[version].digest
         self.receiver.stage_forked(version, digest, lambda: sman.stored_entries(version))
         entries = sman.entries(version)
+        # read again: a stored list found damaged is rebuilt from the tree, with its own digest, and
+        # the child (which declines a damaged list) then has nothing to share
         self.receiver.stage_versions([(version, entries)], digest=sman.index.versions[version].digest)
 
     def receive(self, files: list[Entry], src, drs: str, link=None) -> Received:

@@ -205,3 +205,19 @@ def test_no_fork_to_spare_means_the_thread_builds_it(tmp_path, forked, monkeypat
     assert _pids(forked) == {os.getpid()}
     assert drsync.push(src, dst).exit_code == 0
     invariants.check_converged(src, dst)
+
+
+def test_a_damaged_stored_list_is_never_linked_from_by_the_child(tmp_path, forked):
+    """FAULTS D7 in the child: the stored entry list of the new version has a flipped digest character.
+    The child declines it (no link of its own); the parent rebuilds the list from the tree and the
+    version is published right."""
+    src, dst, ds = _pair(tmp_path)
+    stored = os.path.join(ds.path, ".drsync", "manifest", f"v{ds.versions[1]}.json")
+    data = open(stored, "rb").read()
+    at = data.rindex(b'"') - 1  # the last character of the last row's digest
+    with open(stored, "wb") as fh:
+        fh.write(data[:at] + (b"0" if data[at:at + 1] != b"0" else b"1") + data[at + 1:])
+    assert drsync.push(src, dst, drsync.Options(up_to=ds.versions[1])).exit_code == 0
+    assert _pids(forked) == {os.getpid()}, "the child linked from a damaged list"
+    assert drsync.push(src, dst).exit_code == 0
+    invariants.check_converged(src, dst)
