@@ -304,6 +304,17 @@ def entries_rows_bytes(version: str, entries: list[Entry]) -> bytes:
     return dumps(entries_to_json(version, entries)["entries"])
 
 
+def with_rows_text(version: str, entries: list[Entry], rows: bytes) -> StoredEntries:
+    """``entries`` of ``version``, validated, as parsed from ``rows`` (the JSON text of their rows, as
+    a peer sent them), kept with the stored form of the list made around that text: saving them
+    writes it as it is (entries_bytes), not every row serialised again."""
+    out = StoredEntries(entries)
+    head = _rows_head(version)
+    out.raw = (version, head + rows + b"}")
+    out.rows_at = len(head)
+    return out
+
+
 def entries_to_json(version: str, entries: list[Entry]) -> dict:
     return {
         "format": FORMAT,

@@ -154,7 +154,8 @@ class Stream:
             self.write_frame(b"J", payload)
         self._flush()
 
-    def recv(self) -> dict:
+    def recv(self, parse=json.loads) -> dict:
+        """The next message, parsed by ``parse`` (JSON text -> object)."""
         kind, payload = self.read_frame()
         if kind == b"Z":
             inflate = zlib.decompressobj()
@@ -167,7 +168,7 @@ class Stream:
         elif kind != b"J":
             raise ProtocolError(f"expected a message, got frame {kind!r}")
         try:
-            obj = json.loads(payload)
+            obj = parse(payload)
         except ValueError as e:
             raise ProtocolError(f"malformed message from the peer: {e}") from None
         if not isinstance(obj, dict):
@@ -176,6 +177,49 @@ class Stream:
 
     def flush(self) -> None:
         self._flush()
+
+
+_STAGE_HEAD = b'{"op":"dest_stage","versions":['
+_DECODER = json.JSONDecoder()
+
+
+def stage_message(versions: list[tuple[str, bytes]]) -> bytes:
+    """``{"op": "dest_stage", "versions": [[version, rows], ...]}`` with each version's entry rows
+    embedded as the JSON text given (mf.entries_rows_bytes: a stored list's rows, as read)."""
+    return _STAGE_HEAD + b",".join(b"[" + json.dumps(v).encode() + b"," + rows + b"]" for v, rows in versions) + b"]}"
+
+
+def read_stage_message(payload: bytes) -> tuple[dict, dict[str, bytes]] | None:
+    """A message in exactly stage_message's form, parsed (one pass, as json.loads would), with the
+    JSON text of each version's rows as it was sent (the agent stores it as its entry list, not
+    serialised again). None for any other message or form: parse it as any message."""
+    if not payload.startswith(_STAGE_HEAD):
+        return None
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError:
+        return None
+    versions, rows_text = [], {}
+    at = len(_STAGE_HEAD)
+    try:
+        while text.startswith("[", at):
+            version, at = _DECODER.raw_decode(text, at + 1)
+            if not text.startswith(",", at):
+                return None
+            rows, end = _DECODER.raw_decode(text, at + 1)
+            if not isinstance(version, str) or not text.startswith("]", end):
+                return None
+            versions.append([version, rows])
+            rows_text[version] = text[at + 1:end].encode()
+            at = end + 1
+            if text.startswith("]}", at):
+                return ({"op": "dest_stage", "versions": versions}, rows_text) if at + 2 == len(text) else None
+            if not text.startswith(",", at):
+                return None
+            at += 1
+    except ValueError:
+        return None
+    return None
 
 
 def error_to_json(e: DrsyncError) -> dict:

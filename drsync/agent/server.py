@@ -53,6 +53,7 @@ class Agent:
         self.session = None
         self.session_drs = None
         self.client_timeout: float | None = None
+        self._rows_text: dict[str, bytes] = {}  # a dest_stage's rows as sent, by version (_parse)
 
     def node(self, req: dict) -> LocalNode:
         root = req.get("root")
@@ -162,7 +163,9 @@ class Agent:
         """The new versions' entries, sent ahead of their files: the links are built in staging
         while the files arrive (Receiver.stage_versions), and dest_publish names them without rows."""
         session = self._session()
-        self.staged = dict(self._versions(req))
+        # kept with the rows' text as sent (protocol.read_stage_message): saved as it is at publish
+        text = self._rows_text
+        self.staged = {v: mf.with_rows_text(v, es, text[v]) if v in text else es for v, es in self._versions(req)}
         session.stage(list(self.staged.items()))
         return {}
 
@@ -189,6 +192,15 @@ class Agent:
         self.staged = None
         return {}
 
+    def _parse(self, payload: bytes) -> dict:
+        """A request's JSON text, parsed; a dest_stage's rows keep their text (self._rows_text)."""
+        staged = p.read_stage_message(payload)
+        if staged is None:
+            self._rows_text = {}
+            return p.json.loads(payload)
+        doc, self._rows_text = staged
+        return doc
+
     def silence_limit(self) -> float | None:
         """How long to wait for the client's bytes: bounded only while holding a destination's
         lock, and only when the client said its timeout (agent/silence.py)."""
@@ -213,7 +225,7 @@ class Agent:
         self.stream.send({"ok": True, "version": __version__})
         while True:
             try:
-                req = self.stream.recv()
+                req = self.stream.recv(self._parse)
             except p.ProtocolError:
                 break  # client went away: the session's lock is released on exit
             op = req.get("op")

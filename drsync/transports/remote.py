@@ -196,11 +196,9 @@ class RemoteDestination:
         if versions:
             # {"op": "dest_stage", "versions": [[v, rows], ...]}, the rows of a stored list embedded
             # as they were read (mf.entries_rows_bytes), not rebuilt and serialised again
-            rows = b",".join(b"[" + p.json.dumps(v).encode() + b"," + mf.entries_rows_bytes(v, es) + b"]"
-                             for v, es in versions)
+            message = p.stage_message([(v, mf.entries_rows_bytes(v, es)) for v, es in versions])
             sent = {v for v, _ in versions}
-            self.node.conn.send_deferred(b'{"op":"dest_stage","versions":[' + rows + b"]}",
-                                         lambda reply: self._stage_answered(sent, reply))
+            self.node.conn.send_deferred(message, lambda reply: self._stage_answered(sent, reply))
 
     def _stage_answered(self, sent: set[str], reply: dict) -> None:
         """An agent without dest_stage refuses the operation: the entries then go with dest_publish.

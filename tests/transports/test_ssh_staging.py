@@ -134,3 +134,34 @@ def test_requests_after_dest_stage_get_their_own_replies(tmp_path, sshd_server, 
         node.close()
         local.close()
     invariants.check(src, remote, before)  # staged, never published: nothing visible changed
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_the_agent_stores_the_entry_rows_as_they_came(tmp_path, sshd_server, ssh_client_env, backend):
+    """A new version's entry list is saved by the agent as the text the client sent with dest_stage
+    (the source's stored rows, cut out as read), not serialised again: here the source's rows are
+    written with spaces, which drsync's own serialiser never writes, and the agent's stored list
+    has them too, and loads as the same entries (a no-op next, and `verify` clean)."""
+    src = str(tmp_path / "a")
+    [ds] = treegen.make_node(src, SHAPE)
+    remote = str(tmp_path / "b")
+    spec = f"drsync-test:{remote}"
+    old, new = ds.versions
+    opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT, retries=0)
+    assert drsync.push(src, spec, drsync.Options(up_to=old, ssh_backend=backend, drsync_path=AGENT)).exit_code == 0
+    stored = os.path.join(ds.path, ".drsync", "manifest", f"v{new}.json")
+    with open(stored, "rb") as f:
+        doc = json.loads(f.read())
+    head = json.dumps({k: doc[k] for k in ("format", "version")}, separators=(",", ":"))[:-1].encode()
+    spaced = head + b',"entries":' + json.dumps(doc["entries"], separators=(", ", ": ")).encode() + b"}"
+    with open(stored, "wb") as f:
+        f.write(spaced)
+    r = drsync.push(src, spec, opts)
+    assert r.exit_code == 0, [e.line() for e in r.errors]
+    rel = os.path.relpath(ds.path, src)
+    with open(os.path.join(remote, rel, ".drsync", "manifest", f"v{new}.json"), "rb") as f:
+        assert f.read() == spaced
+    invariants.check_converged(src, remote)
+    again = drsync.push(src, spec, opts)
+    assert again.exit_code == 0 and again.plan.in_sync
+    assert drsync.verify(remote).exit_code == 0
