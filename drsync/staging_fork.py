@@ -99,6 +99,12 @@ def _child(rd: int, wr: int, parent: int, staging: Dir, version: str, load, drs:
            published: Dir | None) -> None:
     code = 1
     try:
+        # nothing to say, and no stream of the parent's to hold open (an agent's ssh channel, a
+        # pipe someone reads to its end) should the parent die first
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
         entries = load()
         if entries is not None:
             tasks = list(link_tasks(staging, [(version, entries)], drs, [], published))

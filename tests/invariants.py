@@ -82,6 +82,24 @@ def tree_state(path: str) -> dict:
     return out
 
 
+def shape_of(root: str) -> dict:
+    """Every path below ``root`` but the state dirs: its kind, and a link's target or a file's bytes."""
+    out = {}
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".drsync"]
+        for name in dirnames + files:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = ("link", os.readlink(p))
+            elif os.path.isdir(p):
+                out[rel] = ("dir", None)
+            else:
+                with open(p, "rb") as fh:
+                    out[rel] = ("file", fh.read())
+    return out
+
+
 def check(src: str, dst: str, before: dict) -> None:
     """I1-I6 on every dataset of ``dst`` (raises AssertionError naming the broken invariant)."""
     src_snap = snapshot(src)

@@ -189,6 +189,19 @@ def stage_message(versions: list[tuple[str, bytes]]) -> bytes:
     return _STAGE_HEAD + b",".join(b"[" + json.dumps(v).encode() + b"," + rows + b"]" for v, rows in versions) + b"]}"
 
 
+def stage_version(payload: bytes) -> str | None:
+    """The first version a message in stage_message's form names, read before the message is
+    parsed (from its first bytes only); None for any other message."""
+    at = len(_STAGE_HEAD)
+    if not payload.startswith(_STAGE_HEAD + b"["):
+        return None
+    try:
+        version = _DECODER.raw_decode(payload[at + 1:at + 65].decode("ascii"))[0]
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    return version if isinstance(version, str) else None
+
+
 def read_stage_message(payload: bytes) -> tuple[dict, dict[str, bytes]] | None:
     """A message in exactly stage_message's form, parsed (one pass, as json.loads would), with the
     JSON text of each version's rows as it was sent (the agent stores it as its entry list, not

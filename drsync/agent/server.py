@@ -12,7 +12,7 @@ import sys
 
 import xxhash
 
-from .. import __version__, directio, layout
+from .. import __version__, directio, layout, staging_fork
 from .. import manifest as mf
 from ..errors import DestinationIOError, DrsyncError, UsageError
 from ..events import Events
@@ -32,6 +32,19 @@ class _Forward(Events):
 
     def warning(self, message: str) -> None:
         self.pending.append(message)
+
+
+def versions_from_request(req: dict, drs: str, staged: dict | None = None) -> list:
+    """``[[version, entry rows], ...]`` of a request, validated; rows of ``None`` name a version
+    whose entries came with dest_stage (``staged``)."""
+    versions = []
+    for v, rows in req.get("versions") or []:
+        layout.check_version(v, dataset=drs)
+        if rows is None and staged is not None and v in staged:
+            versions.append((v, staged[v]))
+            continue
+        versions.append((v, mf.entries_from_json({"format": mf.FORMAT, "version": v, "entries": rows}, v, drs)))
+    return versions
 
 
 def rows_to_entries(rows, drs: str) -> list[mf.Entry]:
@@ -54,6 +67,7 @@ class Agent:
         self.session_drs = None
         self.client_timeout: float | None = None
         self._rows_text: dict[str, bytes] = {}  # a dest_stage's rows as sent, by version (_parse)
+        self._stage_token: str | None = None  # the hash of a dest_stage whose links a child started
 
     def node(self, req: dict) -> LocalNode:
         root = req.get("root")
@@ -146,33 +160,45 @@ class Agent:
         got = session.receive(files, _Client(), self.session_drs)
         return {"files": got.files, "bytes": got.bytes}
 
-    def _versions(self, req, staged: dict | None = None) -> list:
-        """``[[version, entry rows], ...]`` of a request, validated; rows of ``None`` name a version
-        whose entries came with dest_stage."""
-        drs = self.session_drs
-        versions = []
-        for v, rows in req.get("versions") or []:
-            layout.check_version(v, dataset=drs)
-            if rows is None and staged is not None and v in staged:
-                versions.append((v, staged[v]))
-                continue
-            versions.append((v, mf.entries_from_json({"format": mf.FORMAT, "version": v, "entries": rows}, v, drs)))
-        return versions
-
     def op_dest_stage(self, req):
         """The new versions' entries, sent ahead of their files: the links are built in staging
-        while the files arrive (Receiver.stage_versions), and dest_publish names them without rows."""
+        while the files arrive (Receiver.stage_versions, or the child _fork_stage started), and
+        dest_publish names them without rows."""
         session = self._session()
         # kept with the rows' text as sent (protocol.read_stage_message): saved as it is at publish
         text = self._rows_text
-        self.staged = {v: mf.with_rows_text(v, es, text[v]) if v in text else es for v, es in self._versions(req)}
-        session.stage(list(self.staged.items()))
+        self.staged = {v: mf.with_rows_text(v, es, text[v]) if v in text else es
+                       for v, es in versions_from_request(req, self.session_drs)}
+        token, self._stage_token = self._stage_token, None
+        session.stage(list(self.staged.items()), digest=token)
         return {}
+
+    def _fork_stage(self, payload: bytes) -> None:
+        """A dest_stage of one big version (staging_fork.FORK_LINKS rows or more): its links are started
+        by a forked child before this process parses the message; the child parses the same bytes
+        itself, and op_dest_stage then gives this process's entries, named by the message's hash, to
+        share the tasks (staging_fork.py). Rows and versions are counted from the bytes, roughly (a
+        name could hold the separators): a wrong guess only costs the child, which declines a
+        message of several versions, or the thread for a big one."""
+        self._stage_token = None
+        version = p.stage_version(payload)
+        if (self.session is None or version is None or b']],["' in payload  # another version follows
+                or payload.count(b"],[") + 1 < staging_fork.FORK_LINKS):
+            return
+        drs = self.session_drs
+
+        def load():  # in the child: what op_dest_stage makes of the message, for this one version
+            got = p.read_stage_message(payload)
+            versions = versions_from_request(got[0], drs) if got is not None else []
+            return versions[0][1] if len(versions) == 1 and versions[0][0] == version else None
+
+        self._stage_token = xxhash.xxh3_128_hexdigest(payload)
+        self.session.stage_forked(version, self._stage_token, load)
 
     def op_dest_publish(self, req):
         session = self._session()
         drs = self.session_drs
-        versions = self._versions(req, getattr(self, "staged", None))
+        versions = versions_from_request(req, drs, getattr(self, "staged", None))
         index = mf.index_from_json(req.get("index"), drs)
         new_latest = req.get("new_latest")
         if new_latest is not None:
@@ -194,6 +220,7 @@ class Agent:
 
     def _parse(self, payload: bytes) -> dict:
         """A request's JSON text, parsed; a dest_stage's rows keep their text (self._rows_text)."""
+        self._fork_stage(payload)
         staged = p.read_stage_message(payload)
         if staged is None:
             self._rows_text = {}

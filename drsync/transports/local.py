@@ -156,20 +156,25 @@ class LocalDestination:
         self.receiver = receiver
         self.manifest = manifest
 
-    def stage(self, versions: list[tuple[str, list[Entry]]]) -> None:
-        """Step 2's links, built in staging (never visible) while step 1 runs: Receiver.stage_versions."""
-        self.receiver.stage_versions(versions)
+    def stage(self, versions: list[tuple[str, list[Entry]]], digest: str | None = None) -> None:
+        """Step 2's links, built in staging (never visible) while step 1 runs: Receiver.stage_versions
+        (``digest``: what names the entries a child forked by stage_forked loads)."""
+        self.receiver.stage_versions(versions, digest=digest)
+
+    def stage_forked(self, version: str, digest: str, load) -> None:
+        """The links of ``version`` started by a forked child, which loads its entries itself
+        (``load``, named by ``digest``), before this process has its own: Receiver.stage_forked."""
+        self.receiver.stage_forked(version, digest, load)
 
     def stage_stored(self, version: str, sman: DatasetManifest) -> None:
         """``stage`` for one big version of a source manifest on this machine: a forked child reads
         its stored entry list and starts the links while this process reads the same list (for the
         plan) and then shares the links' tasks (Receiver.stage_forked, staging_fork.py)."""
-        digest = sman.index.versions[version].digest
-        self.receiver.stage_forked(version, digest, lambda: sman.stored_entries(version))
+        self.stage_forked(version, sman.index.versions[version].digest, lambda: sman.stored_entries(version))
         entries = sman.entries(version)
         # read again: a stored list found damaged is rebuilt from the tree, with its own digest, and
         # the child (which declines a damaged list) then has nothing to share
-        self.receiver.stage_versions([(version, entries)], digest=sman.index.versions[version].digest)
+        self.stage([(version, entries)], digest=sman.index.versions[version].digest)
 
     def receive(self, files: list[Entry], src, drs: str, link=None) -> Received:
         """Step 1: bring ``files`` over from dataset ``drs`` of node ``src``."""

@@ -16,7 +16,6 @@ import invariants
 import pytest
 import treegen
 from publish_helpers import env_with
-from test_publish_parallel_links import shape_of
 
 import drsync
 from drsync import publish, staging, staging_fork
@@ -68,7 +67,7 @@ def test_forked_build_gives_the_tree_the_thread_builds(tmp_path, forked, monkeyp
     assert drsync.push(src, threaded, drsync.Options(up_to=ds.versions[0])).exit_code == 0
     for v in ds.versions[1:]:
         assert drsync.push(src, threaded, drsync.Options(up_to=v)).exit_code == 0
-    assert shape_of(dst) == shape_of(threaded)
+    assert invariants.shape_of(dst) == invariants.shape_of(threaded)
     assert os.listdir(os.path.join(dst, os.path.relpath(ds.path, src), ".drsync", "staging")) == []
 
 

@@ -31,26 +31,8 @@ def test_threaded_build_gives_the_same_tree(tmp_path, threaded):
     publish.PARALLEL_LINKS = 10**9  # (restored by monkeypatch) the serial build, for comparison
     assert drsync.push(src, serial).exit_code == 0
     invariants.check_converged(src, threaded_dst)
-    assert shape_of(threaded_dst) == shape_of(serial)
-    assert any(kind == "link" for kind, _ in shape_of(serial).values())
-
-
-def shape_of(root: str) -> dict:
-    """Every path below ``root`` but the state dirs: its kind, and a link's target or a file's bytes."""
-    out = {}
-    for dirpath, dirnames, files in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".drsync"]
-        for name in dirnames + files:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = ("link", os.readlink(p))
-            elif os.path.isdir(p):
-                out[rel] = ("dir", None)
-            else:
-                with open(p, "rb") as fh:
-                    out[rel] = ("file", fh.read())
-    return out
+    assert invariants.shape_of(threaded_dst) == invariants.shape_of(serial)
+    assert any(kind == "link" for kind, _ in invariants.shape_of(serial).values())
 
 
 def test_error_in_one_link_thread_publishes_nothing(tmp_path, threaded, monkeypatch):
