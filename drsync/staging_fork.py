@@ -1,4 +1,6 @@
-"""A big version's links made by a forked child beside this process (Receiver.stage_forked).
+"""A big version's links made by a forked child beside this process (Receiver.stage_forked): on a
+local push or pull, and on the agent of a push over ssh (agent/server.py, from the dest_stage
+message's bytes).
 
 The links of one new version LARGE (29,000) are most of a local push's CPU, and made by a thread
 they share the interpreter lock with the files being copied: each waits for the other's Python
@@ -12,14 +14,17 @@ the next task by reading one ticket, until the pipe is empty and closed.
 What the child does, and never does:
 - it uses the stored entry list only when it matches the index digest the parent's own list is
   checked against (same digest, same entries, same task list: staging.link_tasks depends on
-  nothing else), and declines (exits) otherwise;
+  nothing else), and declines (exits) otherwise; on the agent, both parse the same message, named
+  by its hash;
 - it writes only in ``staging/v<version>``, never visible (DESIGN §4), by the same tasks as
   staging.Staging, with the same readlink check before a link is shared;
 - it shares the dataset's lock (the flock's open file, inherited) and stops at its next task once
   its parent has gone, so a next run never finds it still at work in staging;
-- it reports nothing but its exit status. Whatever stops it (an error, a kill), the parent builds
-  the version itself when it publishes, as for a version not staged early, and so meets any real
-  error (a full disk) itself, with its own message and exit code;
+- it reports nothing but its exit status, and holds none of the parent's streams (its stdin,
+  stdout and stderr are /dev/null: an agent's ssh channel ends with the agent). Whatever stops it
+  (an error, a kill), the parent builds the version itself when it publishes, as for a version not
+  staged early, and so meets any real error (a full disk) itself, with its own message and exit
+  code;
 - it takes no lock another thread of the parent may hold (a file read, json, os calls only) and
   leaves by os._exit: no atexit handler or buffered output of the parent's runs twice.
 """
