@@ -22,15 +22,22 @@ def _links(vdir: str) -> dict:
             for var in os.listdir(vdir) for f in os.listdir(os.path.join(vdir, var))}
 
 
-@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
-def test_agent_builds_links_before_the_files_are_in(tmp_path, sshd_server, ssh_client_env, backend):
+def _older_pushed(tmp_path, backend: str):
+    """SHAPE's node, and a remote node holding its older version: (src, remote, spec, dataset, options)."""
     src = str(tmp_path / "a")
     [ds] = treegen.make_node(src, SHAPE)
     remote = str(tmp_path / "b")
     spec = f"drsync-test:{remote}"
-    old, new = ds.versions
     opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT, retries=0)
-    assert drsync.push(src, spec, drsync.Options(up_to=old, ssh_backend=backend, drsync_path=AGENT)).exit_code == 0
+    assert drsync.push(src, spec, drsync.Options(up_to=ds.versions[0], ssh_backend=backend,
+                                                 drsync_path=AGENT)).exit_code == 0
+    return src, remote, spec, ds, opts
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_agent_builds_links_before_the_files_are_in(tmp_path, sshd_server, ssh_client_env, backend):
+    src, remote, spec, ds, opts = _older_pushed(tmp_path, backend)
+    new = ds.versions[1]
     before = invariants.snapshot(remote)
     # The agent waits a second before flushing the received files, then dies right after that
     # flush: before any file is renamed into files/ and before any version is published. The
@@ -142,13 +149,8 @@ def test_the_agent_stores_the_entry_rows_as_they_came(tmp_path, sshd_server, ssh
     (the source's stored rows, cut out as read), not serialised again: here the source's rows are
     written with spaces, which drsync's own serialiser never writes, and the agent's stored list
     has them too, and loads as the same entries (a no-op next, and `verify` clean)."""
-    src = str(tmp_path / "a")
-    [ds] = treegen.make_node(src, SHAPE)
-    remote = str(tmp_path / "b")
-    spec = f"drsync-test:{remote}"
-    old, new = ds.versions
-    opts = drsync.Options(ssh_backend=backend, drsync_path=AGENT, retries=0)
-    assert drsync.push(src, spec, drsync.Options(up_to=old, ssh_backend=backend, drsync_path=AGENT)).exit_code == 0
+    src, remote, spec, ds, opts = _older_pushed(tmp_path, backend)
+    new = ds.versions[1]
     stored = os.path.join(ds.path, ".drsync", "manifest", f"v{new}.json")
     with open(stored, "rb") as f:
         doc = json.loads(f.read())
