@@ -10,8 +10,8 @@ inodes is what a new symlink costs, and right after a big copy onto the filesyst
 previous one's links. Any link that cannot be shared (no previous version, another target, a
 filesystem without hard links, too many links to one inode) is made as a new symlink.
 
-A version of staging_fork.FORK_LINKS links or more, on a local push, is built by the same tasks in a
-forked child instead of a thread (staging_fork.py)."""
+A version of staging_fork.FORK_LINKS links or more, on a local push or pull and on the agent of a push
+over ssh, is built by the same tasks in a forked child instead of a thread (staging_fork.py)."""
 
 from __future__ import annotations
 

@@ -219,7 +219,8 @@ class Agent:
         return {}
 
     def _parse(self, payload: bytes) -> dict:
-        """A request's JSON text, parsed; a dest_stage's rows keep their text (self._rows_text)."""
+        """A request's JSON text, parsed; a dest_stage's rows keep their text (self._rows_text). A
+        dest_stage of one big version forks its link child first, before the parse (_fork_stage)."""
         self._fork_stage(payload)
         staged = p.read_stage_message(payload)
         if staged is None:
